@@ -1,0 +1,30 @@
+# modality-hub developer tasks. `make demo` installs everything and runs the demo;
+# `make test` runs the test suite. Both work on a fresh machine (Python 3.10+).
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip
+PLUGINS  := plugins/text plugins/image
+EXAMPLES := examples/plugin
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_NO_ADVISORY_WARNINGS := 1
+
+.PHONY: install demo test clean
+
+$(VENV)/.installed: pyproject.toml constraints-dev.txt Makefile $(foreach p,$(PLUGINS) $(EXAMPLES),$(p)/pyproject.toml)
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip "setuptools>=70,<82" wheel
+	$(PIP) install -q -c constraints-dev.txt torch torchaudio
+	$(PIP) install -q -c constraints-dev.txt --no-build-isolation -e ".[test]" $(foreach p,$(PLUGINS) $(EXAMPLES),-e $(p))
+	touch $@
+
+install: $(VENV)/.installed
+
+demo: install
+	$(VENV)/bin/mhub demo
+
+test: install
+	$(PY) -m pytest -q
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info */*.egg-info */*/*.egg-info

@@ -1,0 +1,278 @@
+"""`Hub`: the Python API — find modalities and encoders, embed any item."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Iterable, Literal, Sequence
+
+import torch
+from tqdm.auto import tqdm
+
+from ._registry import Registry, default_registry
+from .encoder import Encoder, describe_item
+from .errors import (
+    AmbiguousModalityError,
+    HubError,
+    InvalidInputError,
+    UnknownModalityError,
+)
+from .specs import Modality
+from .tokens import ItemError, TokenEmbeddings
+
+__all__ = ["Hub"]
+
+OnError = Literal["raise", "skip"]
+
+#: Show a progress bar by default when a call runs at least this many batches.
+PROGRESS_MIN_BATCHES = 8
+
+
+def _as_path(item: Any) -> Path | None:
+    """A ``Path`` when ``item`` names a file (or a directory, to be refused); else ``None``.
+
+    ``pathlib.Path`` objects always count as paths.  A ``str`` counts when it
+    names an existing file, or an existing directory written with a path
+    separator ("data/", "/tmp/x") — a bare word is text even if a folder of
+    that name happens to exist in the working directory.
+    """
+    if isinstance(item, os.PathLike):
+        return Path(item)
+    if isinstance(item, str) and item and len(item) < 4096 and "\n" not in item:
+        try:
+            if os.path.isfile(item):
+                return Path(item)
+            if os.path.isdir(item) and (os.sep in item or item in (".", "..")):
+                return Path(item)
+        except (OSError, ValueError):
+            return None
+    return None
+
+
+class Hub:
+    """Embed any item as tokens through the installed modality plugins.
+
+    >>> h = Hub()
+    >>> h.modalities()                        # doctest: +SKIP
+    ['image', 'text']
+    >>> te = h.embed(["a cat", "a dog"])      # doctest: +SKIP
+    >>> te.pooled(normalize=True).shape       # doctest: +SKIP
+    torch.Size([2, 384])
+    """
+
+    def __init__(self, registry: Registry | None = None, *, device: str | torch.device | None = None) -> None:
+        self.registry = registry or default_registry()
+        self.device = torch.device(device) if device is not None else None
+        self._encoders: dict[tuple[str, str], Encoder] = {}
+
+    # -- discovery -----------------------------------------------------------
+    def modalities(self) -> list[str]:
+        """Installed modality names."""
+        return self.registry.list_modalities()
+
+    def encoders(self, pattern: str = "*", modality: str | None = None) -> list[str]:
+        """Registered encoder names, filtered by fnmatch ``pattern`` and ``modality``."""
+        return self.registry.list_encoders(pattern, modality=modality)
+
+    def plugins(self):
+        """Every plugin seen, with what it registered or the error it raised."""
+        return self.registry.plugins()
+
+    def encoder(self, name: str | None = None, *, modality: str | None = None, **options: Any) -> Encoder:
+        """The encoder ``name`` (or ``modality``'s default), built once per options and cached."""
+        if name is None:
+            if modality is None:
+                raise UnknownModalityError("encoder() needs an encoder name or modality=")
+            name = self.registry.modality(modality).default_encoder
+        spec = self.registry.encoder_spec(name)
+        if modality is not None and spec.modality != modality:
+            raise InvalidInputError(
+                f"encoder {name!r} encodes {spec.modality!r}, not {modality!r}; "
+                f"{modality} encoders: {', '.join(self.encoders(modality=modality)) or 'none'}"
+            )
+        key = (name, json.dumps(options, sort_keys=True, default=str))
+        enc = self._encoders.get(key)
+        if enc is None:
+            enc = self.registry.create_encoder(name, **options).eval()
+            if self.device is not None:
+                enc = enc.to(self.device)
+            self._encoders[key] = enc
+        return enc
+
+    # -- detection -----------------------------------------------------------
+    def detect(self, item: Any) -> str:
+        """The modality of ``item``: files by suffix, other items by each modality's ``detect``."""
+        mods = [self.registry.modality(m) for m in self.modalities()]
+        path = _as_path(item)
+        if path is not None:
+            return self._detect_file(path, item, mods)
+        claims = []
+        for m in mods:
+            if m.detect is None:
+                continue
+            try:
+                if m.detect(item):
+                    claims.append(m.name)
+            except Exception:  # noqa: BLE001 - a detector that cannot tell does not claim
+                continue
+        if len(claims) == 1:
+            return claims[0]
+        if not claims:
+            raise UnknownModalityError(
+                f"no installed modality accepts {describe_item(item)}. {self._accepts_table(mods)}"
+            )
+        raise AmbiguousModalityError(
+            f"{describe_item(item)} is accepted by several modalities ({', '.join(claims)}); pass modality=..."
+        )
+
+    @staticmethod
+    def _check_file(path: Path, item: Any) -> None:
+        if path.is_dir():
+            raise InvalidInputError(
+                f"{describe_item(item)} is a directory; pass the files in it, "
+                f"e.g. sorted(Path({str(path)!r}).glob('*.png'))"
+            )
+        if not path.is_file():
+            raise InvalidInputError(f"{describe_item(item)}: no such file")
+
+    def _detect_file(self, path: Path, item: Any, mods: list[Modality]) -> str:
+        self._check_file(path, item)
+        suffix = path.suffix.lower()
+        claims = [m.name for m in mods if suffix in m.extensions]
+        if len(claims) == 1:
+            return claims[0]
+        if not claims:
+            raise UnknownModalityError(
+                f"{describe_item(item)}: no installed modality reads {suffix or 'extension-less'} files. "
+                + "; ".join(f"{m.name}: {', '.join(m.extensions) or 'no files'}" for m in mods)
+            )
+        raise AmbiguousModalityError(
+            f"{describe_item(item)}: {suffix} files are read by several modalities ({', '.join(claims)}); "
+            "pass modality=..."
+        )
+
+    @staticmethod
+    def _accepts_table(mods: list[Modality]) -> str:
+        if not mods:
+            return "No modality plugins are installed (see `mhub plugins`)."
+        return "Installed modalities accept: " + "; ".join(
+            f"{m.name}: {', '.join(m.accepts)}" for m in mods
+        )
+
+    # -- embedding -----------------------------------------------------------
+    def embed(
+        self,
+        items: Any,
+        modality: str | None = None,
+        encoder: str | None = None,
+        *,
+        batch_size: int = 32,
+        progress: bool | None = None,
+        on_error: OnError = "raise",
+        options: dict[str, Any] | None = None,
+    ) -> TokenEmbeddings:
+        """Embed items as tokens.
+
+        ``items`` is a list (a batch) or a single item (a batch of one); a
+        tuple is one item (e.g. ``(waveform, sample_rate)``).  The modality is
+        detected per item unless given; items of one call share a modality.
+        Items are length-bucketed into batches of ``batch_size``; rows come
+        back in input order.  ``on_error="skip"`` drops bad items, reports
+        them in ``.errors`` (index and reason) and keeps the rest; ``.indices``
+        maps rows to input positions.
+        """
+        if on_error not in ("raise", "skip"):
+            raise InvalidInputError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise InvalidInputError(f"batch_size must be a positive int, got {batch_size!r}")
+        batch = list(items) if isinstance(items, list) else [items]
+        if not batch:
+            raise InvalidInputError("embed() got an empty list; pass at least one item")
+        batch = [p if (p := _as_path(x)) is not None and isinstance(x, str) else x for x in batch]
+        errors: list[ItemError] = []
+
+        def fail(i: int, exc: Exception) -> None:
+            if on_error == "raise":
+                raise exc from None
+            errors.append(ItemError(i, describe_item(batch[i]), str(exc)))
+
+        # 1. which modality / encoder
+        if encoder is not None:
+            modality = modality or self.registry.encoder_spec(encoder).modality
+        alive = []
+        for i, x in enumerate(batch):
+            try:
+                if isinstance(x, os.PathLike):
+                    self._check_file(Path(x), x)
+                alive.append(i)
+            except HubError as exc:
+                fail(i, type(exc)(f"item {i}: {exc}"))
+        if modality is None:
+            found: dict[int, str] = {}
+            for i in alive:
+                try:
+                    found[i] = self.detect(batch[i])
+                except HubError as exc:
+                    fail(i, type(exc)(f"item {i}: {exc}"))
+            kinds = sorted(set(found.values()))
+            if len(kinds) > 1:
+                groups = "; ".join(f"{k}: items {[i for i, m in found.items() if m == k]}" for k in kinds)
+                raise InvalidInputError(f"one embed() call takes one modality; these items mix them ({groups}). "
+                                        "Embed each modality separately, or pass modality=...")
+            alive = sorted(found)
+            modality = kinds[0] if kinds else None
+        enc = self.encoder(encoder, modality=modality, **(options or {})) if modality else None
+        if enc is None:  # every item failed detection
+            return self._empty(errors)
+
+        # 2. per-item preprocessing, errors tied to the item
+        prepared: dict[int, Any] = {}
+        for i in alive:
+            try:
+                prepared[i] = enc.prepare(batch[i], i)
+            except HubError as exc:
+                fail(i, exc)
+            except Exception as exc:  # noqa: BLE001 - a plugin bug still names the item
+                err = InvalidInputError(f"item {i} ({describe_item(batch[i])}): {enc.name} could not read it: "
+                                        f"{type(exc).__name__}: {exc}", index=i)
+                if on_error == "raise":
+                    raise err from exc
+                errors.append(ItemError(i, describe_item(batch[i]), str(err)))
+        if not prepared:
+            return self._empty(errors, enc)
+
+        # 3. length-bucketed batches, then back to input order
+        order = sorted(prepared, key=lambda i: enc.length(prepared[i]))
+        chunks = [order[s : s + batch_size] for s in range(0, len(order), batch_size)]
+        show = progress if progress is not None else len(chunks) >= PROGRESS_MIN_BATCHES
+        parts = []
+        device = enc.device
+        with torch.inference_mode():
+            for chunk in tqdm(chunks, desc=f"embed {modality} ({enc.name})", unit="batch", disable=not show):
+                tensors = {k: v.to(device) for k, v in enc.collate([prepared[i] for i in chunk]).items()}
+                te = enc(**tensors)
+                te.indices = list(chunk)
+                parts.append(te)
+        out = TokenEmbeddings.cat(parts)
+        rows = sorted(range(len(out.indices)), key=lambda r: out.indices[r])
+        out = out.select(rows)
+        out.errors = sorted(errors, key=lambda e: e.index)
+        return out
+
+    def _empty(self, errors: list[ItemError], enc: Encoder | None = None) -> TokenEmbeddings:
+        msg = "; ".join(str(e) for e in errors[:5])
+        if enc is None:
+            raise InvalidInputError(f"no item could be embedded: {msg}")
+        te = TokenEmbeddings.from_list([], modality=enc.modality, space=enc.space, pooling=enc.pooling, dim=enc.dim)
+        te.errors = sorted(errors, key=lambda e: e.index)
+        return te
+
+    def count_tokens(self, items: Sequence[Any] | Any, modality: str | None = None, encoder: str | None = None) -> list[int]:
+        """Tokens each item will yield, without running the encoder's forward."""
+        batch = list(items) if isinstance(items, list) else [items]
+        modality = modality or (self.registry.encoder_spec(encoder).modality if encoder else self.detect(batch[0]))
+        enc = self.encoder(encoder, modality=modality)
+        return [enc.num_tokens(enc.prepare(x, i)) for i, x in enumerate(batch)]
+
+

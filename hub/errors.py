@@ -1,0 +1,69 @@
+"""The hub's exception hierarchy.
+
+Every error the hub raises on purpose is a :class:`HubError`, and each one also
+subclasses the builtin a caller would catch without knowing the hub
+(``KeyError`` for unknown names, ``ValueError`` for bad input, ...).
+Messages name the item, what was expected, and the fix.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "HubError",
+    "UnknownModalityError",
+    "UnknownEncoderError",
+    "AmbiguousModalityError",
+    "InvalidInputError",
+    "InvalidOptionsError",
+    "PluginError",
+    "DuplicateNameError",
+    "SpaceMismatchError",
+    "WeightsNotFoundError",
+]
+
+
+class HubError(Exception):
+    """Base class of every error raised by modality-hub."""
+
+    def __str__(self) -> str:  # KeyError quotes its message; we don't want that.
+        return str(self.args[0]) if self.args else ""
+
+
+class UnknownModalityError(HubError, KeyError):
+    """No installed plugin provides this modality, or no modality accepts an item."""
+
+
+class UnknownEncoderError(HubError, KeyError):
+    """No registered encoder has this name."""
+
+
+class AmbiguousModalityError(HubError, ValueError):
+    """More than one modality accepts an item; pass ``modality=`` to choose."""
+
+
+class InvalidInputError(HubError, ValueError):
+    """An item cannot be encoded: wrong type, empty, corrupt, out of range."""
+
+    def __init__(self, message: str, *, index: int | None = None) -> None:
+        super().__init__(message)
+        self.index = index
+
+
+class InvalidOptionsError(HubError, ValueError):
+    """Options given to an encoder (or another configurable part) do not validate."""
+
+
+class PluginError(HubError, RuntimeError):
+    """A plugin failed to import or to register, or registered something invalid."""
+
+
+class DuplicateNameError(PluginError):
+    """Two plugins registered the same modality or encoder name."""
+
+
+class SpaceMismatchError(HubError, ValueError):
+    """Token embeddings from different spaces (or dims) were combined."""
+
+
+class WeightsNotFoundError(HubError, FileNotFoundError):
+    """An encoder's weights are not available locally and downloads are off."""
