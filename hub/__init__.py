@@ -25,7 +25,7 @@ from .errors import (
 )
 from .hookspecs import hookimpl
 from .specs import BackboneSpec, EncoderSpec, Modality, PluginInfo
-from .tokens import ItemError, TokenEmbeddings
+from .tokens import SkippedItem, TokenEmbeddings
 
 __version__ = "0.1.0"
 
@@ -39,7 +39,7 @@ __all__ = [
     "HubError",
     "InvalidInputError",
     "InvalidOptionsError",
-    "ItemError",
+    "SkippedItem",
     "Modality",
     "PluginError",
     "PluginInfo",

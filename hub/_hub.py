@@ -17,9 +17,10 @@ from .errors import (
     HubError,
     InvalidInputError,
     UnknownModalityError,
+    WeightsNotFoundError,
 )
 from .specs import Modality
-from .tokens import ItemError, TokenEmbeddings
+from .tokens import SkippedItem, TokenEmbeddings
 
 __all__ = ["Hub"]
 
@@ -94,7 +95,13 @@ class Hub:
         key = (name, json.dumps(options, sort_keys=True, default=str))
         enc = self._encoders.get(key)
         if enc is None:
-            enc = self.registry.create_encoder(name, **options).eval()
+            try:
+                enc = self.registry.create_encoder(name, **options).eval()
+            except WeightsNotFoundError as exc:
+                offline = self.registry.list_encoders(modality=spec.modality, pretrained=False)
+                if offline:
+                    exc.args = (f"{exc} Untrained offline presets for {spec.modality}: {', '.join(offline)}.",)
+                raise
             if self.device is not None:
                 enc = enc.to(self.device)
             self._encoders[key] = enc
@@ -190,12 +197,12 @@ class Hub:
         if not batch:
             raise InvalidInputError("embed() got an empty list; pass at least one item")
         batch = [p if (p := _as_path(x)) is not None and isinstance(x, str) else x for x in batch]
-        errors: list[ItemError] = []
+        errors: list[SkippedItem] = []
 
         def fail(i: int, exc: Exception) -> None:
             if on_error == "raise":
                 raise exc from None
-            errors.append(ItemError(i, describe_item(batch[i]), str(exc)))
+            errors.append(SkippedItem(i, describe_item(batch[i]), str(exc)))
 
         # 1. which modality / encoder
         if encoder is not None:
@@ -238,7 +245,7 @@ class Hub:
                                         f"{type(exc).__name__}: {exc}", index=i)
                 if on_error == "raise":
                     raise err from exc
-                errors.append(ItemError(i, describe_item(batch[i]), str(err)))
+                errors.append(SkippedItem(i, describe_item(batch[i]), str(err)))
         if not prepared:
             return self._empty(errors, enc)
 
@@ -260,7 +267,7 @@ class Hub:
         out.errors = sorted(errors, key=lambda e: e.index)
         return out
 
-    def _empty(self, errors: list[ItemError], enc: Encoder | None = None) -> TokenEmbeddings:
+    def _empty(self, errors: list[SkippedItem], enc: Encoder | None = None) -> TokenEmbeddings:
         msg = "; ".join(str(e) for e in errors[:5])
         if enc is None:
             raise InvalidInputError(f"no item could be embedded: {msg}")

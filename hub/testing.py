@@ -96,7 +96,7 @@ def check_bad_items(encoder: Encoder, items: Sequence[Any], bad_items: Sequence[
     if bad_items:
         hub = _HubOver(encoder)
         mixed = [items[0], bad_items[0], items[-1]]
-        te = hub.embed(mixed, encoder=encoder.name, on_error="skip")
+        te = hub.embed(mixed, modality=encoder.modality, on_error="skip")
         assert te.indices == [0, 2], f"skip kept rows {te.indices}, expected [0, 2]"
         assert [e.index for e in te.errors] == [1]
 

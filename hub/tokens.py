@@ -10,13 +10,13 @@ import torch
 
 from .errors import InvalidInputError, SpaceMismatchError
 
-__all__ = ["TokenEmbeddings", "ItemError"]
+__all__ = ["TokenEmbeddings", "SkippedItem"]
 
 Pooling = Literal["mean", "cls", "max"]
 
 
 @dataclass(frozen=True)
-class ItemError:
+class SkippedItem:
     """One item that was skipped by ``embed(..., on_error="skip")``."""
 
     index: int
@@ -47,7 +47,7 @@ class TokenEmbeddings:
     space: str
     pooling: Pooling = "mean"
     indices: list[int] | None = None
-    errors: list[ItemError] = field(default_factory=list)
+    errors: list[SkippedItem] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if self.tokens.ndim != 3:

@@ -1,0 +1,206 @@
+"""The ``mhub`` command line: plugins, embed, demo."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+
+from ._hub import Hub, _as_path
+from .errors import HubError
+
+CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+
+def _parse_options(pairs: tuple[str, ...]) -> dict[str, Any]:
+    """``key=value`` pairs; values parsed as JSON when they parse (numbers, true/false, null)."""
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"expected KEY=VALUE, got {pair!r}", param_hint="--option")
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
+
+
+def _fail(exc: Exception) -> None:
+    click.secho(f"error: {exc}", fg="red", err=True)
+    sys.exit(2)
+
+
+@click.group(context_settings=CONTEXT)
+@click.version_option(package_name="modality-hub")
+def main() -> None:
+    """modality-hub: embed any input (text, image, audio, graph, 3D) as LLM tokens."""
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
+def plugins(as_json: bool) -> None:
+    """List installed plugins, their modalities and encoders, and plugin errors."""
+    h = Hub()
+    reg = h.registry
+    infos = reg.plugins()
+    data = {
+        "plugins": [
+            {"name": p.name, "distribution": p.distribution, "version": p.version, "ok": p.ok, "error": p.error,
+             "modalities": list(p.modalities), "encoders": list(p.encoders), "backbones": list(p.backbones)}
+            for p in infos
+        ],
+        "modalities": {},
+    }
+    for m in h.modalities():
+        mod = reg.modality(m)
+        encs = []
+        for name in h.encoders(modality=m):
+            spec = reg.encoder_spec(name)
+            owner = reg.plugin_of("encoder", name)
+            encs.append({"name": name, "weights": spec.weights, "pretrained": spec.pretrained,
+                         "license": spec.license, "distribution": owner.distribution, "version": owner.version,
+                         "default": name == mod.default_encoder, "description": spec.description})
+        owner = reg.plugin_of("modality", m)
+        data["modalities"][m] = {"distribution": owner.distribution, "version": owner.version,
+                                 "default_encoder": mod.default_encoder, "extensions": list(mod.extensions),
+                                 "accepts": list(mod.accepts), "encoders": encs}
+    if as_json:
+        click.echo(json.dumps(data, indent=2))
+        return
+    if not infos:
+        click.echo("No plugins installed. Try: pip install modality-hub-text modality-hub-image")
+    for m, info in data["modalities"].items():
+        click.secho(f"{m}  ({info['distribution']} {info['version']})", bold=True)
+        for e in info["encoders"]:
+            flags = ("default " if e["default"] else "") + ("" if e["pretrained"] else "untrained ")
+            click.echo(f"  {e['name']:<20} {flags:<18} {e['weights'] or '-'}")
+    failed = [p for p in data["plugins"] if not p["ok"]]
+    if failed:
+        click.secho("\nPlugin errors (the rest of the hub works):", fg="yellow", bold=True)
+        for p in failed:
+            where = f"{p['distribution']} {p['version']}" if p["distribution"] else "in-process"
+            click.echo(f"  {p['name']} ({where}): {p['error']}")
+
+
+@main.command()
+@click.argument("inputs", nargs=-1, required=True)
+@click.option("--modality", "-m", help="Modality of the inputs (default: detected per input).")
+@click.option("--encoder", "-e", help="Encoder name (default: the modality's default). See `mhub plugins`.")
+@click.option("--option", "-o", "options", multiple=True, metavar="KEY=VALUE", help="Encoder option (repeatable).")
+@click.option("--pooled", is_flag=True, help="Pool tokens into one vector per input.")
+@click.option("--normalize", is_flag=True, help="L2-normalise pooled vectors.")
+@click.option("--output", type=click.Path(dir_okay=False, path_type=Path), help="Write FILE.npy or FILE.json.")
+@click.option("--batch-size", default=32, show_default=True, type=click.IntRange(min=1))
+@click.option("--skip-errors", is_flag=True, help="Skip inputs that fail and report them, instead of stopping.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+def embed(inputs, modality, encoder, options, pooled, normalize, output, batch_size, skip_errors, as_json) -> None:
+    """Embed INPUTS (file paths or text) and print a summary per input.
+
+    An input that names an existing file is read as that file (its type picks
+    the modality); anything else is text.
+    """
+    import numpy as np
+
+    h = Hub()
+    opts = _parse_options(options)
+    items = [(_as_path(x) or x) for x in inputs]
+    groups: dict[str, list[int]] = {}
+    rows: list[dict[str, Any]] = [{"input": x} for x in inputs]
+    try:
+        for i, item in enumerate(items):
+            try:
+                mod = modality or (h.registry.encoder_spec(encoder).modality if encoder else h.detect(item))
+            except HubError as exc:
+                if not skip_errors:
+                    raise
+                rows[i]["error"] = str(exc)
+                continue
+            groups.setdefault(mod, []).append(i)
+        vectors: dict[int, Any] = {}
+        for mod, idx in groups.items():
+            te = h.embed([items[i] for i in idx], modality=mod, encoder=encoder, batch_size=batch_size,
+                         on_error="skip" if skip_errors else "raise", options=opts)
+            enc = h.encoder(encoder, modality=mod, **opts)
+            for err in te.errors:
+                rows[idx[err.index]]["error"] = err.reason
+            pooled_t = te.pooled(normalize=normalize)
+            for r, j in enumerate(te.indices):
+                i = idx[j]
+                rows[i].update(modality=mod, encoder=enc.name, tokens=int(te.lengths[r]), dim=te.dim, space=te.space)
+                vectors[i] = pooled_t[r].numpy() if pooled else te[r].numpy()
+    except HubError as exc:
+        _fail(exc)
+    if output is not None:
+        ok = [i for i in range(len(items)) if i in vectors]
+        if output.suffix == ".npy":
+            if pooled:
+                np.save(output, np.stack([vectors[i] for i in ok]))
+            else:
+                width = max(vectors[i].shape[0] for i in ok)
+                dims = {vectors[i].shape[1] for i in ok}
+                if len(dims) > 1:
+                    _fail(HubError("inputs of different dims cannot share one .npy; use --pooled with one modality, or .json"))
+                arr = np.zeros((len(ok), width, dims.pop()), dtype=np.float32)
+                for r, i in enumerate(ok):
+                    arr[r, : vectors[i].shape[0]] = vectors[i]
+                np.save(output, arr)
+        elif output.suffix == ".json":
+            key = "pooled" if pooled else "tokens"
+            output.write_text(json.dumps([{**rows[i], key: vectors[i].tolist()} for i in ok]))
+        else:
+            _fail(HubError(f"--output must end in .npy or .json, got {output.name!r}"))
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+    else:
+        for row in rows:
+            name = row["input"] if len(row["input"]) <= 40 else row["input"][:37] + "..."
+            if "error" in row:
+                click.echo(f"{name:<42} error: {row['error']}")
+            else:
+                click.echo(f"{name:<42} {row['modality']:<6} {row['encoder']:<18} tokens={row['tokens']:<5} dim={row['dim']}")
+    if any("error" in r for r in rows):
+        sys.exit(1)
+
+
+@main.command()
+@click.option("--repeat", default=8, show_default=True, type=click.IntRange(min=1), help="Items per timing batch.")
+def demo(repeat: int) -> None:
+    """Embed a sample of every installed modality and print a table."""
+    h = Hub()
+    mods = h.modalities()
+    if not mods:
+        _fail(HubError("no modality plugins installed; run `make install` or pip install modality-hub-text"))
+    header = f"{'modality':<9} {'encoder':<16} {'trained':<8} {'tokens/item':>11} {'dim':>5} {'ms/item':>8}  space"
+    click.secho(header, bold=True)
+    failures = 0
+    for m in mods:
+        mod = h.registry.modality(m)
+        name = mod.demo_encoder or mod.default_encoder
+        try:
+            if mod.sample is None:
+                raise HubError(f"modality {m!r} provides no sample()")
+            item = mod.sample()
+            enc = h.encoder(name, modality=m)
+            h.embed([item], modality=m, encoder=name)  # warm-up
+            start = time.perf_counter()
+            te = h.embed([item] * repeat, modality=m, encoder=name, batch_size=repeat)
+            ms = (time.perf_counter() - start) * 1000 / repeat
+            trained = "yes" if enc.pretrained else "no"
+            click.echo(f"{m:<9} {name:<16} {trained:<8} {int(te.lengths[0]):>11} {te.dim:>5} {ms:>8.2f}  {te.space}")
+        except Exception as exc:  # noqa: BLE001 - one modality failing must not hide the others
+            failures += 1
+            click.echo(f"{m:<9} {name:<16} error: {exc}")
+    broken = [p for p in h.plugins() if not p.ok]
+    for p in broken:
+        click.secho(f"plugin {p.name} failed to load: {p.error}", fg="yellow")
+    if failures:
+        sys.exit(1)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

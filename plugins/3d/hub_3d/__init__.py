@@ -1,0 +1,81 @@
+"""3D modality for modality-hub: point clouds and meshes as tokens.
+
+Items: numpy/torch float arrays (N, 3) or (N, 3 + C) (C extra channels such as
+normals or colours), ``trimesh.Trimesh`` meshes (sampled on their surface),
+``trimesh.PointCloud`` / ``Scene``, and .ply/.obj/.off/.stl/.xyz/.npy files.
+Every cloud is centred on its centroid and scaled to the unit sphere (max norm 1).
+
+Encoders (plain torch, ONNX-exportable forward; FPS and kNN in ``hub_3d._ops``):
+``point-bert`` (default) and ``pointnet2``, plus ``tiny-point-bert`` and
+``tiny-pointnet2`` for tests and demos.  Each yields ``num_groups`` tokens per item.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+import numpy as np
+
+from hub import EncoderSpec, Modality, hookimpl
+
+from ._encoder import PRESETS, PointBertOptions, PointCloudEncoder, PointNet2Options, build_encoder
+from ._io import FILE_SUFFIXES, is_point_cloud
+from ._models import PointBERT, PointBertConfig, PointNet2, PointNet2Config
+from ._ops import farthest_point_sample, gather_points, knn
+
+__all__ = [
+    "PointCloudEncoder",
+    "PointBertOptions",
+    "PointNet2Options",
+    "PointBERT",
+    "PointBertConfig",
+    "PointNet2",
+    "PointNet2Config",
+    "PRESETS",
+    "build_encoder",
+    "farthest_point_sample",
+    "knn",
+    "gather_points",
+    "sample_item",
+]
+
+ACCEPTS = (
+    "numpy/torch float array (N, 3) xyz or (N, 3 + C) with C extra channels (normals, colours)",
+    "trimesh.Trimesh (sampled on its surface), trimesh.PointCloud or trimesh.Scene",
+    "path to a " + ", ".join(FILE_SUFFIXES) + " file",
+)
+
+
+def sample_item() -> np.ndarray:
+    """512 points on a unit icosphere (seeded): a small valid item for ``mhub demo``."""
+    import trimesh
+
+    points, _ = trimesh.sample.sample_surface(trimesh.creation.icosphere(subdivisions=2), 512, seed=0)
+    return np.asarray(points, dtype=np.float32)  # (512, 3)
+
+
+@hookimpl
+def register_modalities(register):
+    register(
+        Modality(
+            name="3d",
+            accepts=ACCEPTS,
+            detect=is_point_cloud,
+            extensions=FILE_SUFFIXES,
+            default_encoder="point-bert",
+            demo_encoder="tiny-point-bert",
+            sample=sample_item,
+            description="3D point clouds and meshes (centred, scaled to the unit sphere)",
+        )
+    )
+
+
+@hookimpl
+def register_encoders(register):
+    for name, preset in PRESETS.items():
+        register(
+            EncoderSpec(
+                name=name, modality="3d", factory=partial(build_encoder, name), options=preset.options,
+                weights=None, license="apache-2.0", pretrained=False, description=preset.description,
+            )
+        )

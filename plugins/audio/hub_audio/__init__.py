@@ -1,0 +1,83 @@
+"""Audio modality for modality-hub: Whisper, wav2vec2, HuBERT and CLAP encoders through transformers.
+
+Items: paths and bytes of wav / flac / ogg / mp3 (decoded by soundfile),
+``{"array", "sampling_rate"}`` dicts as Hugging Face datasets give them, and
+``(waveform, sample_rate)`` tuples of numpy arrays or torch tensors.  Stereo and
+multichannel audio is mixed down (the smaller axis of a 2-D array is the
+channel axis); any sample rate is resampled with
+``torchaudio.functional.resample`` to the encoder's rate.
+
+Encoders: ``whisper-base`` (default, 50 tokens/s; ``pool_stride=2`` → 25/s),
+``wav2vec2-base`` and ``hubert-base`` (49 tokens/s), ``clap-htsat`` (64 tokens per
+10 s window), and the untrained offline presets ``tiny-whisper``,
+``tiny-wav2vec2``, ``tiny-hubert`` and ``tiny-clap``.  Audio longer than an
+encoder's window is encoded window by window and the tokens concatenated.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from hub import EncoderSpec, Modality, hookimpl
+
+from ._encoders import (
+    ACCEPTS,
+    AudioEncoder,
+    ClapAudioEncoder,
+    PreparedAudio,
+    SSLAudioEncoder,
+    WhisperAudioEncoder,
+)
+from ._io import AUDIO_EXTENSIONS, audio_format, is_audio, load_waveform
+from ._presets import PRESETS, tiny_clap, tiny_hubert, tiny_wav2vec2, tiny_whisper
+
+__all__ = [
+    "AUDIO_EXTENSIONS",
+    "AudioEncoder",
+    "ClapAudioEncoder",
+    "PRESETS",
+    "PreparedAudio",
+    "SSLAudioEncoder",
+    "WhisperAudioEncoder",
+    "audio_format",
+    "is_audio",
+    "load_waveform",
+    "sample",
+    "tiny_clap",
+    "tiny_hubert",
+    "tiny_wav2vec2",
+    "tiny_whisper",
+]
+
+
+def sample() -> dict:
+    """One second of a 440 Hz sine at 16 kHz, as Hugging Face datasets give audio."""
+    t = np.arange(16000, dtype=np.float32) / 16000
+    return {"array": (0.5 * np.sin(2 * np.pi * 440 * t)).astype(np.float32), "sampling_rate": 16000}
+
+
+@hookimpl
+def register_modalities(register):
+    register(
+        Modality(
+            name="audio",
+            accepts=ACCEPTS,
+            detect=is_audio,
+            extensions=AUDIO_EXTENSIONS,
+            default_encoder="whisper-base",
+            demo_encoder="tiny-whisper",
+            sample=sample,
+            description="Sound: speech, music, environmental audio",
+        )
+    )
+
+
+@hookimpl
+def register_encoders(register):
+    for name, p in PRESETS.items():
+        register(
+            EncoderSpec(
+                name=name, modality="audio", factory=p.factory, options=p.options, weights=p.weights,
+                license=p.license, pretrained=p.pretrained, description=p.description,
+            )
+        )

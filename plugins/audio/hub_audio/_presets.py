@@ -1,0 +1,153 @@
+"""Encoder presets: pretrained defaults (loaded with ``hub.weights.from_pretrained``) and
+tiny random-init models built in code (tests and ``mhub demo``; ``pretrained=False``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+
+from ._encoders import (
+    ClapAudioEncoder,
+    ClapOptions,
+    SSLAudioEncoder,
+    SSLOptions,
+    WhisperAudioEncoder,
+    WhisperOptions,
+)
+
+__all__ = ["Preset", "PRESETS", "tiny_whisper", "tiny_wav2vec2", "tiny_hubert", "tiny_clap"]
+
+
+def _seeded(seed: int, build: Callable[[], Any]) -> Any:
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return build().eval()
+
+
+# -- tiny presets ------------------------------------------------------------------------
+class TinyOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    seed: int = 0
+
+
+class TinyWhisperOptions(TinyOptions):
+    pool_stride: int = Field(1, ge=1, le=8)
+    chunk_length: int = Field(2, ge=1, le=30, description="window in seconds")
+
+
+class TinySSLOptions(TinyOptions):
+    window_seconds: float = Field(2.0, gt=0, le=600)
+
+
+def tiny_whisper(seed: int = 0, pool_stride: int = 1, chunk_length: int = 2) -> WhisperAudioEncoder:
+    """Untrained 2-layer Whisper encoder, 16 mel bins, 32-d, windows of ``chunk_length`` s (50 tokens/s)."""
+    from transformers import WhisperConfig, WhisperFeatureExtractor
+    from transformers.models.whisper.modeling_whisper import WhisperEncoder
+
+    fe = WhisperFeatureExtractor(feature_size=16, chunk_length=chunk_length)
+    config = WhisperConfig(
+        num_mel_bins=16, d_model=32, encoder_layers=2, encoder_attention_heads=2, encoder_ffn_dim=64,
+        decoder_layers=1, decoder_attention_heads=2, decoder_ffn_dim=64,
+        max_source_positions=fe.nb_max_frames // 2, max_target_positions=16,
+    )
+    enc = WhisperAudioEncoder(model=_seeded(seed, lambda: WhisperEncoder(config)), feature_extractor=fe, pool_stride=pool_stride)
+    enc.weights = f"random-init(seed={seed})"
+    return enc
+
+
+def _tiny_ssl(config_cls: str, model_cls: str, seed: int, window_seconds: float, **config: Any) -> SSLAudioEncoder:
+    import transformers
+    from transformers import Wav2Vec2FeatureExtractor
+
+    cfg = getattr(transformers, config_cls)(
+        hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+        conv_dim=(16,) * 7, num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=4, vocab_size=32, **config,
+    )
+    layer_norm = cfg.feat_extract_norm == "layer"
+    fe = Wav2Vec2FeatureExtractor(do_normalize=True, return_attention_mask=layer_norm)
+    model = _seeded(seed, lambda: getattr(transformers, model_cls)(cfg))
+    enc = SSLAudioEncoder(model=model, feature_extractor=fe, window_seconds=window_seconds)
+    enc.weights = f"random-init(seed={seed})"
+    return enc
+
+
+def tiny_wav2vec2(seed: int = 0, window_seconds: float = 2.0) -> SSLAudioEncoder:
+    """Untrained 2-layer wav2vec2 (base conv geometry, GroupNorm conv stem as wav2vec2-base): 49 tokens/s."""
+    return _tiny_ssl("Wav2Vec2Config", "Wav2Vec2Model", seed, window_seconds, feat_extract_norm="group")
+
+
+def tiny_hubert(seed: int = 0, window_seconds: float = 2.0) -> SSLAudioEncoder:
+    """Untrained 2-layer HuBERT (base conv geometry, LayerNorm conv stem as hubert-large): 49 tokens/s."""
+    return _tiny_ssl(
+        "HubertConfig", "HubertModel", seed, window_seconds,
+        feat_extract_norm="layer", do_stable_layer_norm=True, conv_bias=True,
+    )
+
+
+def tiny_clap(seed: int = 0) -> ClapAudioEncoder:
+    """Untrained 2-stage HTSAT audio tower, 16 kHz, 2 s windows, 8 x 8 = 64 tokens of 32-d per window."""
+    from transformers import ClapAudioConfig, ClapAudioModelWithProjection, ClapFeatureExtractor
+
+    fe = ClapFeatureExtractor(
+        feature_size=16, sampling_rate=16000, hop_length=160, max_length_s=2, fft_window_size=400,
+        frequency_max=8000, truncation="rand_trunc", padding="repeatpad",
+    )
+    config = ClapAudioConfig(
+        spec_size=64, num_mel_bins=16, window_size=4, patch_size=4, patch_stride=(4, 4), depths=(1, 1),
+        num_attention_heads=(1, 2), patch_embeds_hidden_size=16, hidden_size=32, projection_dim=16,
+    )
+    enc = ClapAudioEncoder(model=_seeded(seed, lambda: ClapAudioModelWithProjection(config)), feature_extractor=fe)
+    enc.weights = f"random-init(seed={seed})"
+    return enc
+
+
+# -- the preset table -------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Preset:
+    factory: Callable[..., Any]
+    options: type[BaseModel]
+    weights: str | None
+    license: str
+    description: str
+    pretrained: bool = True
+
+
+def _pretrained(cls: type, weights: str) -> Callable[..., Any]:
+    def factory(**opts: Any) -> Any:
+        opts = {k: v for k, v in opts.items() if v is not None}
+        opts.setdefault("weights", weights)
+        return cls(**opts)
+
+    return factory
+
+
+PRESETS: dict[str, Preset] = {
+    "whisper-base": Preset(
+        _pretrained(WhisperAudioEncoder, "openai/whisper-base"), WhisperOptions, "openai/whisper-base", "apache-2.0",
+        "Whisper base encoder: 512-d, 50 tokens/s (25 with pool_stride=2), 30 s windows",
+    ),
+    "wav2vec2-base": Preset(
+        _pretrained(SSLAudioEncoder, "facebook/wav2vec2-base-960h"), SSLOptions, "facebook/wav2vec2-base-960h",
+        "apache-2.0", "wav2vec2 base (960 h LibriSpeech): 768-d, 49 tokens/s",
+    ),
+    "hubert-base": Preset(
+        _pretrained(SSLAudioEncoder, "facebook/hubert-base-ls960"), SSLOptions, "facebook/hubert-base-ls960",
+        "apache-2.0", "HuBERT base (LibriSpeech 960 h): 768-d, 49 tokens/s",
+    ),
+    "clap-htsat": Preset(
+        _pretrained(ClapAudioEncoder, "laion/clap-htsat-unfused"), ClapOptions, "laion/clap-htsat-unfused",
+        "apache-2.0", "CLAP HTSAT audio tower (unfused): 768-d, 64 tokens per 10 s window, 48 kHz",
+    ),
+    "tiny-whisper": Preset(tiny_whisper, TinyWhisperOptions, None, "apache-2.0",
+                           "untrained 2-layer Whisper encoder, 32-d, 2 s windows, 50 tokens/s (tests, demos)", False),
+    "tiny-wav2vec2": Preset(tiny_wav2vec2, TinySSLOptions, None, "apache-2.0",
+                            "untrained 2-layer wav2vec2, 32-d, GroupNorm conv stem, 49 tokens/s (tests, demos)", False),
+    "tiny-hubert": Preset(tiny_hubert, TinySSLOptions, None, "apache-2.0",
+                          "untrained 2-layer HuBERT, 32-d, LayerNorm conv stem, 49 tokens/s (tests, demos)", False),
+    "tiny-clap": Preset(tiny_clap, TinyOptions, None, "apache-2.0",
+                        "untrained 2-stage CLAP HTSAT audio tower, 32-d, 64 tokens per 2 s window (tests, demos)", False),
+}
