@@ -47,10 +47,10 @@ def from_pretrained(
     allowed = downloads_allowed(allow_download)
     try:
         return cls.from_pretrained(str(local) if local.is_dir() else source, local_files_only=not allowed, **kwargs)
-    except (OSError, ValueError, EnvironmentError) as exc:
+    except Exception as exc:  # noqa: BLE001 - OSError, ValueError, huggingface_hub validation errors, ...
         if local.is_dir():
             raise WeightsNotFoundError(
-                f"{what} weights in {str(local)!r} could not be loaded: {exc}. "
+                f"{what} weights in {str(local)!r} could not be loaded ({type(exc).__name__}: {exc}). "
                 "The directory must hold a config and model.safetensors (pickled .bin weights are refused)."
             ) from exc
         raise WeightsNotFoundError(

@@ -57,10 +57,10 @@ def _from_array(array: Any) -> np.ndarray:
         array = tensor.numpy()
     if array.dtype.kind not in "fiu":
         raise BadItem(f"dtype {array.dtype} is not a real number type; pass float coordinates")
+    if array.size == 0:
+        raise BadItem(f"no points (empty array of shape {tuple(array.shape)})")
     if array.ndim != 2 or array.shape[1] < 3:
         raise BadItem(f"wrong shape {tuple(array.shape)}: a point cloud is (N, 3) xyz or (N, 3 + C) with C extra channels")
-    if array.shape[0] == 0:
-        raise BadItem("no points (shape (0, ...))")
     return np.asarray(array, dtype=np.float64)
 
 

@@ -54,7 +54,7 @@ __all__ = [
 ACCEPTS = (
     "path or bytes of a .wav, .flac, .ogg or .mp3 file",
     "{'array': waveform, 'sampling_rate': Hz} (Hugging Face datasets Audio)",
-    "(waveform, sample_rate) with a numpy/torch waveform (samples,) or (channels, samples)",
+    "(waveform, sample_rate) with a numpy/torch waveform (samples,), (channels, samples) or (samples, channels)",
 )
 
 
@@ -90,7 +90,15 @@ class PreparedAudio:
 
 def _load(cls: Any, weights: str, allow_download: bool | None, what: str, optional: tuple[str, ...] = ()) -> Any:
     """``from_pretrained`` that refuses checkpoints missing model tensors (no silent random init)."""
-    model, info = from_pretrained(cls, weights, allow_download=allow_download, what=what, output_loading_info=True)
+    try:
+        model, info = from_pretrained(cls, weights, allow_download=allow_download, what=what, output_loading_info=True)
+    except WeightsNotFoundError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - e.g. a config of another family fails validation
+        raise WeightsNotFoundError(
+            f"{what} weights {weights!r} could not be loaded as {cls.__name__}: {type(exc).__name__}: "
+            f"{str(exc).splitlines()[0] if str(exc) else ''}"
+        ) from exc
     missing = [k for k in info.get("missing_keys", ()) if not any(o in k for o in optional)]
     if missing:
         raise WeightsNotFoundError(

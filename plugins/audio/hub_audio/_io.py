@@ -150,8 +150,8 @@ def _as_numpy(x: Any) -> np.ndarray:
         if x.dtype in (torch.bfloat16, torch.float16):
             x = x.float()
         return x.numpy()
-    if isinstance(x, np.ndarray):
-        return x
+    if isinstance(x, (np.ndarray, np.generic)):
+        return np.asarray(x)
     if isinstance(x, (list, tuple)):
         try:
             return np.asarray(x, dtype=np.float64)

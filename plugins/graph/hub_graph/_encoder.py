@@ -3,15 +3,17 @@
 Tokens
 ------
 Each graph yields one token per node, in node order, at most ``max_tokens``
-(128 by default).  A ``TopKPooling`` layer (Graph U-Nets / Cangea et al.)
-scores every node with a learned projection ``tanh(h·p / |p|)``, keeps the
-``min(num_nodes, max_tokens)`` best-scored nodes of each graph and gates them
-by their score; the kept nodes come back in their original order (ties in
-score are broken by node index).  Graphs with at most ``max_tokens`` nodes
-keep every node.  With ``graph_token=True`` a pooled graph token (the mean of
-all node embeddings, before the reduction) is prepended, and ``pooled()``
-returns it (``pooling="cls"``).  Tokens per item:
-``min(num_nodes, max_tokens) + graph_token``.
+(128 by default).  TopKPooling (Graph U-Nets / Cangea et al.) reduces larger
+graphs: PyG's ``SelectTopK`` scores every node with a learned projection
+``s = h·p / |p|`` and keeps the ``min(num_nodes, max_tokens)`` best-scored
+nodes of each graph (ranked on ``s`` rather than the saturating ``tanh(s)``),
+gated by ``tanh(s)`` as ``TopKPooling`` does.  Graphs with at most
+``max_tokens`` nodes keep every node, in node order; above the cap the kept
+nodes come best score first (so nodes whose embeddings tie, e.g. symmetric
+nodes, cannot swap places between a batch and a single call).  With
+``graph_token=True`` a pooled graph token (the mean of all node embeddings,
+before the reduction) is prepended and ``pooled()`` returns it
+(``pooling="cls"``).  Tokens per item: ``min(num_nodes, max_tokens) + graph_token``.
 
 Weights
 -------
@@ -31,9 +33,10 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from safetensors.torch import load_file, save_file
 from torch_geometric.data import Batch, Data
-from torch_geometric.nn import MLP, GINConv, GPSConv, TopKPooling, global_mean_pool
+from torch_geometric.nn import MLP, GINConv, GPSConv, global_mean_pool
+from torch_geometric.nn.pool.select import SelectTopK
 from torch_geometric.nn.models import GAT, GIN, GraphSAGE
-from torch_geometric.utils import to_dense_batch
+from torch_geometric.utils import cumsum, degree, to_dense_batch
 
 from hub import Encoder, TokenEmbeddings
 from hub.errors import InvalidOptionsError, WeightsNotFoundError
@@ -103,7 +106,7 @@ class GraphEncoder(Encoder):
 
     def __init__(self, config: GraphConfig, seed: int = 0) -> None:
         super().__init__()
-        if config.heads > 1 and config.hidden_channels % config.heads:
+        if config.arch in ("gat", "gps") and config.hidden_channels % config.heads:
             raise InvalidOptionsError(
                 f"hidden_channels ({config.hidden_channels}) must be divisible by heads ({config.heads})"
             )
@@ -113,7 +116,8 @@ class GraphEncoder(Encoder):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             self.gnn = BUILDERS[config.arch](config)
-            self.pool = TopKPooling(config.hidden_channels, ratio=config.max_tokens)
+            # TopKPooling's node selection; identity act: rank on s, gate with tanh(s) in forward
+            self.select = SelectTopK(config.hidden_channels, ratio=config.max_tokens, act=torch.nn.Identity())
         self.dim = config.hidden_channels
         self.pooling = "cls" if config.graph_token else "mean"
         self.weights = f"random-init(seed={seed})"
@@ -186,8 +190,18 @@ class GraphEncoder(Encoder):
         batch: torch.Tensor,  # (nodes,) graph of each node
     ) -> TokenEmbeddings:
         h = self.gnn(x, edge_index, batch=batch)  # (nodes, dim)
-        kept, _, _, kept_batch, perm, _ = self.pool(h, edge_index, batch=batch)  # top-k per graph, gated
-        order = perm.argsort()  # back to node order
+        # TopKPooling ranked on the score before tanh: a saturated tanh (1.0 for many nodes)
+        # would leave the choice to the sort's tie-breaking, which batching changes
+        picked = self.select(h, batch)  # node_index grouped by graph, best first; weight: s
+        perm = picked.node_index  # (kept,)
+        kept = h[perm] * torch.tanh(picked.weight).unsqueeze(-1)  # gated as TopKPooling does
+        kept_batch = batch[perm]
+        # perm is grouped by graph, best score first; graphs under the cap go back to node order
+        nodes = degree(batch, dtype=torch.long)  # (graphs,) nodes per graph
+        first_node, first_kept = cumsum(nodes)[:-1], cumsum(nodes.clamp(max=self.max_tokens))[:-1]
+        rank = torch.arange(perm.numel(), device=perm.device) - first_kept[kept_batch]
+        local = torch.where(nodes[kept_batch] > self.max_tokens, rank, perm - first_node[kept_batch])
+        order = (kept_batch * batch.numel() + local).argsort()
         tokens, mask = to_dense_batch(kept[order], kept_batch[order])  # (batch, tokens, dim), (batch, tokens)
         if self.graph_token:
             pooled = global_mean_pool(h, batch)  # (batch, dim)

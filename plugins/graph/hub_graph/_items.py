@@ -190,8 +190,8 @@ def _as_tensor(value: Any, name: str) -> torch.Tensor:
 
 
 def _edge_index(value: Any) -> torch.Tensor:
-    if value is None:
-        raise ItemProblem("edge_index is missing", "edge_index of shape (2, num_edges), integer node indices")
+    if value is None:  # isolated nodes only (Data(x=...) without edges)
+        return torch.zeros(2, 0, dtype=torch.long)
     ei = _as_tensor(value, "edge_index")
     if ei.numel() == 0:
         return torch.zeros(2, 0, dtype=torch.long)
@@ -286,6 +286,8 @@ def _fields(item: Any) -> dict[str, Any]:
         unknown = sorted(map(str, set(item) - set(DICT_KEYS)))
         if unknown:
             raise ItemProblem(f"unknown dict keys {unknown}", f"dict with keys {', '.join(DICT_KEYS)} ('edge_index' required)")
+        if item.get("edge_index") is None:
+            raise ItemProblem("the dict has no 'edge_index'", "dict with 'edge_index' of shape (2, num_edges)")
         return {k: item.get(k) for k in DICT_KEYS}
     raise ItemProblem(f"not a graph: {type(item).__name__}")
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 from dataclasses import dataclass
 from typing import Any, Literal, Sequence
 
@@ -164,12 +165,10 @@ def _tiny_processor(family: str, size: int):
     import transformers
 
     name = FAMILIES[family].processor
-    try:  # transformers 5 keeps a PIL backend beside the torchvision one; torchvision is not required
-        import torchvision  # noqa: F401
-
-        cls = getattr(transformers, name)
-    except ImportError:
-        cls = getattr(transformers, f"{name}Pil", None) or getattr(transformers, name)
+    # transformers 5 keeps a PIL backend beside the torchvision one; torchvision is not required
+    cls = getattr(transformers, name)
+    if importlib.util.find_spec("torchvision") is None:
+        cls = getattr(transformers, f"{name}Pil", None) or cls
     square = {"height": size, "width": size}
     if family == "clip" or family.startswith("dinov2"):
         return cls(size={"shortest_edge": size}, crop_size=square)
