@@ -9,7 +9,7 @@ EXAMPLES := examples/plugin
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_NO_ADVISORY_WARNINGS := 1
 
-.PHONY: install demo test clean
+.PHONY: install demo test standalone clean
 
 $(VENV)/.installed: pyproject.toml constraints-dev.txt Makefile $(foreach p,$(PLUGINS) $(EXAMPLES),$(p)/pyproject.toml)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -28,3 +28,7 @@ test: install
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info */*.egg-info */*/*.egg-info
+
+# Each plugin installs and works alone next to the core (a venv per plugin; slow: run by CI).
+standalone:
+	PYTHON=$(PYTHON) bash scripts/check_standalone.sh

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any, Iterable, Literal, Sequence
+from typing import TYPE_CHECKING, Any, Literal, Sequence
 
 import torch
 from tqdm.auto import tqdm
@@ -21,6 +21,9 @@ from .errors import (
 )
 from .specs import Modality
 from .tokens import SkippedItem, TokenEmbeddings
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .multimodal import MultimodalLM
 
 __all__ = ["Hub"]
 
@@ -274,6 +277,44 @@ class Hub:
         te = TokenEmbeddings.from_list([], modality=enc.modality, space=enc.space, pooling=enc.pooling, dim=enc.dim)
         te.errors = sorted(errors, key=lambda e: e.index)
         return te
+
+    # -- backbones -------------------------------------------------------------------
+    def backbones(self) -> list[str]:
+        """Installed backbone adapters."""
+        return self.registry.list_backbones()
+
+    def attach(self, source: str, adapter: str | None = None, **options: Any) -> "MultimodalLM":
+        """Load an LLM backbone (hub id, directory or preset) through its adapter, ready to plug modalities into."""
+        from .multimodal import BackboneRef, MultimodalLM
+
+        spec = self._backbone_adapter(str(source), adapter)
+        backbone = spec.factory(str(source), **options)
+        return MultimodalLM(backbone, self, backbone_ref=BackboneRef(adapter=spec.name, source=str(source), options=options))
+
+    def _backbone_adapter(self, source: str, adapter: str | None):
+        if adapter is not None:
+            return self.registry.backbone_spec(adapter)
+        specs = [self.registry.backbone_spec(n) for n in self.registry.list_backbones()]
+        fits = [s for s in specs if s.detect is None or s.detect(source)]
+        if not fits:
+            raise InvalidInputError(
+                f"no installed backbone adapter can load {source!r}; adapters: "
+                f"{', '.join(s.name for s in specs) or 'none (pip install modality-hub-transformers)'}"
+            )
+        return fits[0]
+
+    def load(self, directory: str | os.PathLike) -> "MultimodalLM":
+        """Load a multimodal LM bundle saved with ``MultimodalLM.save``."""
+        from .multimodal import MultimodalLM
+
+        return MultimodalLM.load(directory, hub=self)
+
+    def from_transformers(self, path: str | os.PathLike, adapter: str = "transformers") -> "MultimodalLM":
+        """Import a composite transformers checkpoint (LLaVA, Qwen2-Audio) as encoder + projector + backbone."""
+        spec = self.registry.backbone_spec(adapter)
+        if spec.importer is None:
+            raise InvalidInputError(f"backbone adapter {adapter!r} imports no composite checkpoints")
+        return spec.importer(str(path), hub=self)
 
     def count_tokens(self, items: Sequence[Any] | Any, modality: str | None = None, encoder: str | None = None) -> list[int]:
         """Tokens each item will yield, without running the encoder's forward."""

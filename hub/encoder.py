@@ -39,6 +39,9 @@ class Encoder(torch.nn.Module):
     license: str = "unknown"
     pretrained: bool = True
     accepts: tuple[str, ...] = ()
+    #: the registered encoder that reloads this encoder's ``save_pretrained(dir)`` output
+    #: with ``weights=dir`` (e.g. ``hf-vision``); ``None``: its own name does
+    reload_as: str | None = None
 
     # -- to implement ----------------------------------------------------------
     def prepare(self, item: Any, index: int = 0) -> Any:  # pragma: no cover - abstract

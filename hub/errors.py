@@ -19,6 +19,10 @@ __all__ = [
     "DuplicateNameError",
     "SpaceMismatchError",
     "WeightsNotFoundError",
+    "ModalityNotPluggedError",
+    "PromptError",
+    "ContextLengthError",
+    "BundleError",
 ]
 
 
@@ -67,3 +71,19 @@ class SpaceMismatchError(HubError, ValueError):
 
 class WeightsNotFoundError(HubError, FileNotFoundError):
     """An encoder's weights are not available locally and downloads are off."""
+
+
+class ModalityNotPluggedError(HubError, KeyError):
+    """A prompt uses a modality that is not plugged into the multimodal LM."""
+
+
+class PromptError(InvalidInputError):
+    """A prompt's placeholders and items disagree, or a prompt part is not usable."""
+
+
+class ContextLengthError(InvalidInputError):
+    """A composed sequence would exceed the backbone's context window."""
+
+
+class BundleError(HubError, ValueError):
+    """A saved bundle (manifest + safetensors) is missing, malformed or does not match."""

@@ -96,6 +96,8 @@ class BackboneSpec:
     factory: Callable[..., Any]
     detect: Callable[[str], bool] | None = None
     description: str = ""
+    #: optional: ``importer(path) -> MultimodalLM`` for composite checkpoints (e.g. LLaVA)
+    importer: Callable[..., Any] | None = None
 
     def __post_init__(self) -> None:
         _check_name("backbone", self.name)

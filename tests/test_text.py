@@ -135,3 +135,17 @@ class TestTextConformance(EncoderConformance):
     @pytest.fixture
     def bad_items(self):
         return ["", "   \n", 42, b"bytes", None]
+
+
+def test_save_pretrained_reloads_and_sentence_transformers_reads_it(hub, tmp_path):
+    from sentence_transformers import SentenceTransformer
+
+    enc = hub.encoder("tiny-bert")
+    enc.save_pretrained(str(tmp_path))
+    assert enc.reload_as == "hf-text" and (tmp_path / "model.safetensors").is_file()
+    again = hub.encoder("hf-text", weights=str(tmp_path))
+    texts = ["saved and", "loaded again"]
+    assert torch.allclose(enc.encode(texts).tokens, again.encode(texts).tokens, atol=1e-6)
+    st = SentenceTransformer(str(tmp_path), device="cpu")
+    ref = torch.from_numpy(st.encode(texts, normalize_embeddings=True))
+    assert torch.allclose(again.encode(texts).pooled(normalize=True), ref, atol=1e-5)

@@ -86,6 +86,7 @@ class HFVisionEncoder(Encoder):
 
     modality = "image"
     accepts = ACCEPTS
+    reload_as = "hf-vision"
 
     def __init__(
         self,

@@ -87,6 +87,7 @@ class HFTextEncoder(Encoder):
 
     modality = "text"
     accepts = ("str", "path to a .txt or .md file")
+    reload_as = "hf-text"
 
     def __init__(
         self,
@@ -159,6 +160,26 @@ class HFTextEncoder(Encoder):
         kwargs = {"token_type_ids": token_type_ids} if token_type_ids is not None else {}
         hidden = self.model(input_ids=input_ids, attention_mask=attention_mask, **kwargs).last_hidden_state
         return self.tokens(hidden, attention_mask)  # (batch, seq, dim)
+
+
+    def save_pretrained(self, directory: str) -> None:
+        """Write model (safetensors), tokenizer and a sentence-transformers config (pooling, max length),
+        so ``hf-text`` with ``weights=directory`` — or ``SentenceTransformer(directory)`` — reloads it."""
+        out = Path(directory)
+        self.model.save_pretrained(out)
+        self.tokenizer.save_pretrained(out)
+        (out / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": self.max_length}))
+        (out / "1_Pooling").mkdir(exist_ok=True)
+        (out / "1_Pooling" / "config.json").write_text(json.dumps({
+            "word_embedding_dimension": self.dim,
+            "pooling_mode_cls_token": self.pooling == "cls",
+            "pooling_mode_mean_tokens": self.pooling == "mean",
+            "pooling_mode_max_tokens": self.pooling == "max",
+        }))
+        (out / "modules.json").write_text(json.dumps([
+            {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+            {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+        ]))
 
 
 def _char_vocab() -> list[str]:

@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Prove that each plugin installs and works on its own, in an environment holding only the core:
+# one base venv (torch + modality-hub), then per plugin a hard-linked copy of it where only that
+# plugin (and what its pyproject declares) is pip-installed, then its sample is embedded with its demo encoder.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-python3}
+base=.venv-core
+export HF_HUB_OFFLINE=1
+if [ ! -f "$base/.ready" ]; then
+  rm -rf "$base"
+  "$PYTHON" -m venv "$base"
+  "$base/bin/python" -m pip install -q --upgrade pip "setuptools>=70,<82" wheel
+  "$base/bin/python" -m pip install -q -c constraints-dev.txt torch torchaudio
+  touch "$base/.ready"
+fi
+"$base/bin/python" -m pip install -q --force-reinstall --no-deps . && "$base/bin/python" -m pip install -q -c constraints-dev.txt .
+for dir in plugins/*/; do
+  name=$(basename "$dir")
+  env=".venv-alone-$name"
+  rm -rf "$env"
+  cp -al "$base" "$env"
+  "$env/bin/python" -m pip install -q -c constraints-dev.txt "./$dir"
+  # run from outside the repository so `hub` is imported from the venv, not from the working tree
+  (cd /tmp && "$OLDPWD/$env/bin/python" - "$name") <<'PY'
+import sys
+from hub import Hub
+
+h = Hub()
+want = "3d" if sys.argv[1] == "3d" else sys.argv[1]
+mods = h.modalities()
+assert mods == [want], f"expected only {want!r} installed, got {mods}"
+errors = [p for p in h.plugins() if not p.ok]
+assert not errors, errors
+import hub
+assert "site-packages" in hub.__file__, f"hub imported from {hub.__file__}, not from the venv"
+mod = h.registry.modality(want)
+offline = h.registry.list_encoders(modality=want, pretrained=False)  # weights-free presets: no download needed
+name = mod.demo_encoder if mod.demo_encoder in offline else offline[0]
+te = h.embed(mod.sample(), modality=want, encoder=name)
+print(f"standalone {want}: {name} -> {int(te.lengths[0])} tokens x {te.dim}")
+PY
+  rm -rf "$env"
+done
+echo "every plugin installs and embeds alone"
