@@ -11,19 +11,26 @@ Public API (pinned by ``tests/test_public_api.py``)::
 from ._hub import Hub
 from ._registry import Registry, default_registry
 from .encoder import Encoder, describe_item
+from .backbone import Backbone
 from .errors import (
     AmbiguousModalityError,
+    BundleError,
+    ContextLengthError,
     DuplicateNameError,
     HubError,
     InvalidInputError,
     InvalidOptionsError,
+    ModalityNotPluggedError,
     PluginError,
+    PromptError,
     SpaceMismatchError,
     UnknownEncoderError,
     UnknownModalityError,
     WeightsNotFoundError,
 )
 from .hookspecs import hookimpl
+from .multimodal import MultimodalLM
+from .projectors import Projector, ProjectorConfig, build_projector
 from .specs import BackboneSpec, EncoderSpec, Modality, PluginInfo
 from .tokens import SkippedItem, TokenEmbeddings
 
@@ -31,7 +38,10 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AmbiguousModalityError",
+    "Backbone",
     "BackboneSpec",
+    "BundleError",
+    "ContextLengthError",
     "DuplicateNameError",
     "Encoder",
     "EncoderSpec",
@@ -39,17 +49,23 @@ __all__ = [
     "HubError",
     "InvalidInputError",
     "InvalidOptionsError",
-    "SkippedItem",
     "Modality",
+    "ModalityNotPluggedError",
+    "MultimodalLM",
     "PluginError",
     "PluginInfo",
+    "Projector",
+    "ProjectorConfig",
+    "PromptError",
     "Registry",
+    "SkippedItem",
     "SpaceMismatchError",
     "TokenEmbeddings",
     "UnknownEncoderError",
     "UnknownModalityError",
     "WeightsNotFoundError",
     "__version__",
+    "build_projector",
     "default_registry",
     "describe_item",
     "hookimpl",

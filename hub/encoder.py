@@ -43,6 +43,10 @@ class Encoder(torch.nn.Module):
     #: with ``weights=dir`` (e.g. ``hf-vision``); ``None``: its own name does
     reload_as: str | None = None
 
+    def reload_options(self) -> dict[str, Any]:
+        """Options besides ``weights=`` that ``reload_as`` needs to rebuild this encoder."""
+        return {}
+
     # -- to implement ----------------------------------------------------------
     def prepare(self, item: Any, index: int = 0) -> Any:  # pragma: no cover - abstract
         raise NotImplementedError

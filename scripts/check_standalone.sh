@@ -42,4 +42,23 @@ print(f"standalone {want}: {name} -> {int(te.lengths[0])} tokens x {te.dim}")
 PY
   rm -rf "$env"
 done
-echo "every plugin installs and embeds alone"
+for dir in adapters/*/; do
+  name=$(basename "$dir")
+  env=".venv-alone-adapter-$name"
+  rm -rf "$env"
+  cp -al "$base" "$env"
+  "$env/bin/python" -m pip install -q -c constraints-dev.txt "./$dir"
+  (cd /tmp && "$OLDPWD/$env/bin/python" -) <<'PY'
+from hub import Hub
+
+h = Hub()
+assert h.modalities() == [], h.modalities()
+errors = [p for p in h.plugins() if not p.ok]
+assert not errors, errors
+lm = h.attach("tiny-llama")
+text = lm.generate("hello", max_new_tokens=4)
+print(f"standalone adapter {h.backbones()}: tiny-llama generated {text!r}")
+PY
+  rm -rf "$env"
+done
+echo "every plugin and adapter installs and works alone"

@@ -3,10 +3,12 @@ import hub
 
 def test_public_api_is_pinned():
     assert sorted(hub.__all__) == sorted([
-        "AmbiguousModalityError", "BackboneSpec", "DuplicateNameError", "Encoder", "EncoderSpec", "Hub",
-        "HubError", "InvalidInputError", "InvalidOptionsError", "SkippedItem", "Modality", "PluginError",
-        "PluginInfo", "Registry", "SpaceMismatchError", "TokenEmbeddings", "UnknownEncoderError",
-        "UnknownModalityError", "WeightsNotFoundError", "__version__", "default_registry", "describe_item",
+        "AmbiguousModalityError", "Backbone", "BackboneSpec", "BundleError", "ContextLengthError",
+        "DuplicateNameError", "Encoder", "EncoderSpec", "Hub", "HubError", "InvalidInputError",
+        "InvalidOptionsError", "Modality", "ModalityNotPluggedError", "MultimodalLM", "PluginError",
+        "PluginInfo", "Projector", "ProjectorConfig", "PromptError", "Registry", "SkippedItem",
+        "SpaceMismatchError", "TokenEmbeddings", "UnknownEncoderError", "UnknownModalityError",
+        "WeightsNotFoundError", "__version__", "build_projector", "default_registry", "describe_item",
         "hookimpl",
     ])
     for name in hub.__all__:

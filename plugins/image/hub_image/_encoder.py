@@ -156,6 +156,9 @@ class HFVisionEncoder(Encoder):
         mask = torch.ones(hidden.shape[:2], dtype=torch.bool, device=hidden.device)
         return self.tokens(hidden, mask)
 
+    def reload_options(self) -> dict[str, Any]:
+        return {"feature_layer": self.feature_layer, "cls_token": self.cls_token}
+
     def save_pretrained(self, directory: str) -> None:
         """Write model (safetensors) and processor so ``hf-vision`` with ``weights=directory`` reloads them."""
         self.model.save_pretrained(directory)

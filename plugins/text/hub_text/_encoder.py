@@ -162,6 +162,9 @@ class HFTextEncoder(Encoder):
         return self.tokens(hidden, attention_mask)  # (batch, seq, dim)
 
 
+    def reload_options(self) -> dict[str, Any]:
+        return {"prefix": self.prefix} if self.prefix else {}
+
     def save_pretrained(self, directory: str) -> None:
         """Write model (safetensors), tokenizer and a sentence-transformers config (pooling, max length),
         so ``hf-text`` with ``weights=directory`` — or ``SentenceTransformer(directory)`` — reloads it."""
