@@ -129,3 +129,24 @@ def test_example_plugin_is_installed_and_embeds():
             "print(te.modality, te.lengths.tolist(), te.dim)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["series", "[3]", "16"]
+
+
+def test_generate_with_a_plugged_image(cat_png):
+    pytest.importorskip("hub_transformers")
+    out = mhub("generate", "--backbone", "tiny-llama", "--plug", "image=tiny-clip:mlp", "What is in <image>?",
+               "--image", str(cat_png), "--max-new-tokens", "4")
+    assert out.stdout.strip()  # untrained: some text, the plumbing is what is tested
+    res = mhub("generate", "--backbone", "tiny-llama", "What is in <image>?", "--image", str(cat_png), check=False)
+    assert res.returncode == 2 and "'image' is not plugged" in res.stderr
+    res = mhub("generate", "--backbone", "tiny-llama", "--plug", "image=tiny-clip", "<image> and <image>",
+               "--image", str(cat_png), check=False)
+    assert res.returncode == 2 and "2 placeholder(s)" in res.stderr and "1 item(s) given" in res.stderr
+
+
+def test_demo_plugs_and_unplugs_each_modality():
+    pytest.importorskip("hub_transformers")
+    out = mhub("demo", "--repeat", "1").stdout
+    assert "plug → generate → unplug on tiny-llama" in out
+    section = out.split("plug → generate → unplug")[1]
+    for modality in ("image", "audio", "graph", "3d"):
+        assert any(line.startswith(modality) and "error" not in line for line in section.splitlines()), modality

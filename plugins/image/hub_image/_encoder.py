@@ -168,15 +168,14 @@ class HFVisionEncoder(Encoder):
 def _tiny_processor(family: str, size: int):
     import transformers
 
+    square = {"height": size, "width": size}
+    kwargs = {"size": {"shortest_edge": size}, "crop_size": square} if family == "clip" or family.startswith("dinov2") else {"size": square}
     name = FAMILIES[family].processor
     # transformers 5 keeps a PIL backend beside the torchvision one; torchvision is not required
-    cls = getattr(transformers, name)
-    if importlib.util.find_spec("torchvision") is None:
-        cls = getattr(transformers, f"{name}Pil", None) or cls
-    square = {"height": size, "width": size}
-    if family == "clip" or family.startswith("dinov2"):
-        return cls(size={"shortest_edge": size}, crop_size=square)
-    return cls(size=square)
+    # (check before touching the lazy attribute, which warns when it falls back by itself)
+    if importlib.util.find_spec("torchvision") is None and hasattr(transformers, f"{name}Pil"):
+        name = f"{name}Pil"
+    return getattr(transformers, name)(**kwargs)
 
 
 def tiny_vision(
