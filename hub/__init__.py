@@ -31,13 +31,14 @@ from .errors import (
 from .hookspecs import hookimpl
 from .multimodal import MultimodalLM
 from .projectors import Projector, ProjectorConfig, build_projector
-from .specs import BackboneSpec, EncoderSpec, Modality, PluginInfo
+from .specs import AugmentationSpec, BackboneSpec, EncoderSpec, Modality, PluginInfo
 from .tokens import SkippedItem, TokenEmbeddings
 
 __version__ = "0.1.0"
 
 __all__ = [
     "AmbiguousModalityError",
+    "AugmentationSpec",
     "Backbone",
     "BackboneSpec",
     "BundleError",

@@ -278,6 +278,31 @@ class Hub:
         te.errors = sorted(errors, key=lambda e: e.index)
         return te
 
+    # -- augmentations ---------------------------------------------------------------
+    def augmentations(self, modality: str | None = None) -> list[str]:
+        """Registered augmentations, as ``"<modality>/<name>"``."""
+        return self.registry.list_augmentations(modality)
+
+    def augment(self, item: Any, name: str | Sequence[str], modality: str | None = None, *, seed: int | None = None,
+                rng: Any = None, **params: Any) -> Any:
+        """Apply one augmentation (or several in order) to ``item``; seeded, same modality out.
+
+        ``params`` go to a single augmentation and are validated by its pydantic model.
+        """
+        import numpy as np
+
+        from ._registry import validate_options
+
+        modality = modality or self.detect(item)
+        names = [name] if isinstance(name, str) else list(name)
+        if len(names) > 1 and params:
+            raise InvalidInputError("params apply to one augmentation; chain calls to give each its own")
+        rng = rng if rng is not None else np.random.default_rng(seed)
+        for n in names:
+            spec = self.registry.augmentation(modality, n)
+            item = spec.fn(item, rng, **validate_options(spec.params, params, f"augmentation {spec.key!r}"))
+        return item
+
     # -- backbones -------------------------------------------------------------------
     def backbones(self) -> list[str]:
         """Installed backbone adapters."""

@@ -32,7 +32,7 @@ from .errors import (
     UnknownEncoderError,
     UnknownModalityError,
 )
-from .specs import BackboneSpec, EncoderSpec, Modality, PluginInfo
+from .specs import AugmentationSpec, BackboneSpec, EncoderSpec, Modality, PluginInfo
 
 __all__ = ["Registry", "default_registry", "ENV_PLUGINS", "ENTRY_POINT_GROUP"]
 
@@ -44,6 +44,7 @@ _HOOKS: dict[str, tuple[str, type]] = {
     "register_modalities": ("modality", Modality),
     "register_encoders": ("encoder", EncoderSpec),
     "register_backbones": ("backbone", BackboneSpec),
+    "register_augmentations": ("augmentation", AugmentationSpec),
 }
 
 
@@ -69,7 +70,7 @@ class Registry:
         self._lock = threading.RLock()
         self.pm = pluggy.PluginManager(hookspecs.PROJECT)
         self.pm.add_hookspecs(hookspecs)
-        self._tables: dict[str, dict[str, _Entry]] = {"modality": {}, "encoder": {}, "backbone": {}}
+        self._tables: dict[str, dict[str, _Entry]] = {kind: {} for kind, _ in _HOOKS.values()}
         self._plugins: dict[str, PluginInfo] = {}
 
     # -- loading -------------------------------------------------------------
@@ -152,12 +153,13 @@ class Registry:
                 return self._fail(info, exc, raise_errors)
             for kind, specs in staged.items():
                 for spec in specs:
-                    self._tables[kind][spec.name] = _Entry(spec, name)
+                    self._tables[kind][_key(spec)] = _Entry(spec, name)
             info = replace(
                 info,
                 modalities=tuple(s.name for s in staged["modality"]),
                 encoders=tuple(s.name for s in staged["encoder"]),
                 backbones=tuple(s.name for s in staged["backbone"]),
+                augmentations=tuple(_key(s) for s in staged["augmentation"]),
             )
             self._plugins[name] = info
             return info
@@ -171,7 +173,7 @@ class Registry:
         return info
 
     def _collect(self, plugin: Any, info: PluginInfo) -> dict[str, list]:
-        staged: dict[str, list] = {"modality": [], "encoder": [], "backbone": []}
+        staged: dict[str, list] = {kind: [] for kind, _ in _HOOKS.values()}
         others = [p for p in self.pm.get_plugins() if p is not plugin]
         for hook, (kind, typ) in _HOOKS.items():
 
@@ -189,13 +191,14 @@ class Registry:
         for kind, specs in staged.items():
             names: set[str] = set()
             for spec in specs:
-                if spec.name in names:
-                    raise DuplicateNameError(f"{_where(info)} registers {kind} {spec.name!r} twice")
-                names.add(spec.name)
-                if spec.name in self._tables[kind]:
-                    owner = self._plugins[self._tables[kind][spec.name].plugin]
+                key = _key(spec)
+                if key in names:
+                    raise DuplicateNameError(f"{_where(info)} registers {kind} {key!r} twice")
+                names.add(key)
+                if key in self._tables[kind]:
+                    owner = self._plugins[self._tables[kind][key].plugin]
                     raise DuplicateNameError(
-                        f"{kind} {spec.name!r} is registered twice: by {_where(owner)} and by {_where(info)}. "
+                        f"{kind} {key!r} is registered twice: by {_where(owner)} and by {_where(info)}. "
                         f"Uninstall one of the two distributions, or rename the {kind} in one of them."
                     )
 
@@ -283,6 +286,19 @@ class Registry:
             raise UnknownEncoderError(self._unknown("backbone", name, self.list_backbones()))
         return entry.spec
 
+    def list_augmentations(self, modality: str | None = None) -> list[str]:
+        """Augmentation keys (``"<modality>/<name>"``), optionally of one modality."""
+        self._ensure()
+        return sorted(k for k, e in self._tables["augmentation"].items() if modality is None or e.spec.modality == modality)
+
+    def augmentation(self, modality: str, name: str) -> AugmentationSpec:
+        self._ensure()
+        entry = self._tables["augmentation"].get(f"{modality}/{name}")
+        if entry is None:
+            known = [k.split("/", 1)[1] for k in self.list_augmentations(modality)]
+            raise UnknownEncoderError(self._unknown(f"{modality} augmentation", name, known))
+        return entry.spec
+
     @staticmethod
     def _unknown(kind: str, name: str, known: list[str]) -> str:
         close = difflib.get_close_matches(name, known, n=3)
@@ -306,6 +322,10 @@ def validate_options(model: type[BaseModel] | None, options: dict[str, Any], wha
         fields = ", ".join(f"{k}: {v.annotation.__name__ if hasattr(v.annotation, '__name__') else v.annotation}"
                            for k, v in model.model_fields.items())
         raise InvalidOptionsError(f"invalid options for {what}: {problems}. Accepted options: {fields}") from None
+
+
+def _key(spec: Any) -> str:
+    return getattr(spec, "key", spec.name)
 
 
 _default: Registry | None = None

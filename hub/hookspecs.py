@@ -43,3 +43,8 @@ def register_encoders(register: Callable[..., None]) -> None:
 @hookspec
 def register_backbones(register: Callable[..., None]) -> None:
     """Register backbone adapters: call ``register(BackboneSpec(...))`` once for each."""
+
+
+@hookspec
+def register_augmentations(register: Callable[..., None]) -> None:
+    """Register augmentations: call ``register(AugmentationSpec(...))`` once for each."""

@@ -13,7 +13,7 @@ from .errors import PluginError
 if TYPE_CHECKING:  # pragma: no cover
     from .encoder import Encoder
 
-__all__ = ["Modality", "EncoderSpec", "BackboneSpec", "PluginInfo"]
+__all__ = ["Modality", "EncoderSpec", "BackboneSpec", "AugmentationSpec", "PluginInfo"]
 
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_\-]*$")
 
@@ -33,7 +33,8 @@ class Modality:
     ``detect(item) -> bool`` claims in-memory items (a ``str``, a PIL image, a
     graph object); ``extensions`` claims files by suffix.  ``accepts`` is the
     human-readable list shown in errors.  ``sample()`` makes one small item for
-    ``mhub demo`` and conformance tests.
+    ``mhub demo`` and conformance tests; ``examples(n, seed)`` makes ``n`` items
+    of varied sizes (ONNX export parity checks, benchmarks).
     """
 
     name: str
@@ -44,6 +45,8 @@ class Modality:
     demo_encoder: str | None = None
     sample: Callable[[], Any] | None = None
     description: str = ""
+    #: ``examples(n, seed) -> list`` of ``n`` valid items of varied sizes (export parity checks, benchmarks)
+    examples: Callable[[int, int], list[Any]] | None = None
 
     def __post_init__(self) -> None:
         _check_name("modality", self.name)
@@ -104,6 +107,34 @@ class BackboneSpec:
 
 
 @dataclass(frozen=True)
+class AugmentationSpec:
+    """A modality-preserving transform for self-supervised learning.
+
+    ``fn(item, rng, **params)`` takes any item the modality accepts and a
+    ``numpy.random.Generator`` and returns a new, valid item of the same
+    modality (in the plugin's documented canonical form); ``params`` is a
+    pydantic model of its options.  Names are unique per modality; the
+    registry key is ``"<modality>/<name>"``.
+    """
+
+    name: str
+    modality: str
+    fn: Callable[..., Any]
+    params: type[BaseModel] | None = None
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        _check_name("augmentation", self.name)
+        _check_name("modality", self.modality)
+        if not callable(self.fn):
+            raise PluginError(f"augmentation {self.name!r}: fn must be callable")
+
+    @property
+    def key(self) -> str:
+        return f"{self.modality}/{self.name}"
+
+
+@dataclass(frozen=True)
 class PluginInfo:
     """One plugin as the registry saw it: where it came from, what it gave, how it failed."""
 
@@ -113,6 +144,7 @@ class PluginInfo:
     modalities: tuple[str, ...] = ()
     encoders: tuple[str, ...] = ()
     backbones: tuple[str, ...] = ()
+    augmentations: tuple[str, ...] = ()
     error: str | None = None
 
     @property

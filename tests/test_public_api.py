@@ -3,7 +3,7 @@ import hub
 
 def test_public_api_is_pinned():
     assert sorted(hub.__all__) == sorted([
-        "AmbiguousModalityError", "Backbone", "BackboneSpec", "BundleError", "ContextLengthError",
+        "AmbiguousModalityError", "AugmentationSpec", "Backbone", "BackboneSpec", "BundleError", "ContextLengthError",
         "DuplicateNameError", "Encoder", "EncoderSpec", "Hub", "HubError", "InvalidInputError",
         "InvalidOptionsError", "Modality", "ModalityNotPluggedError", "MultimodalLM", "PluginError",
         "PluginInfo", "Projector", "ProjectorConfig", "PromptError", "Registry", "SkippedItem",
