@@ -168,3 +168,31 @@ def test_allow_list_environment_variable():
     assert run({"MODALITY_HUB_PLUGINS": ""}) == ""
     everything = run({})
     assert "image" in everything.split(",") and "text" in everything.split(",")
+
+
+def test_augmentations_register_per_modality_and_apply_seeded():
+    from hub import AugmentationSpec
+
+    def aug_plugin(modality):
+        plugin = types.ModuleType(f"aug_{modality}")
+
+        @hookimpl
+        def register_augmentations(register):
+            register(AugmentationSpec(name="plus", modality=modality, fn=lambda x, rng, by=1: x + by + int(rng.integers(0, 2))))
+
+        plugin.register_augmentations = register_augmentations
+        return plugin
+
+    reg = Registry(load_entry_points=False)
+    reg.register_plugin(fake_plugin(), name="base")
+    reg.register_plugin(aug_plugin("count"), name="a")
+    reg.register_plugin(aug_plugin("other"), name="b")  # same name, another modality: fine
+    assert reg.list_augmentations() == ["count/plus", "other/plus"]
+    assert reg.list_augmentations("count") == ["count/plus"]
+    with pytest.raises(DuplicateNameError, match="augmentation 'count/plus' is registered twice"):
+        reg.register_plugin(aug_plugin("count"), name="c")
+    h = Hub(reg)
+    assert h.augment(3, "plus", seed=1) == h.augment(3, "plus", seed=1)
+    assert h.augment(3, ["plus", "plus"], seed=0) >= 5
+    with pytest.raises(UnknownEncoderError, match="count augmentation 'minus'"):
+        h.augment(3, "minus")
