@@ -303,6 +303,19 @@ class Hub:
             item = spec.fn(item, rng, **validate_options(spec.params, params, f"augmentation {spec.key!r}"))
         return item
 
+    # -- learning --------------------------------------------------------------------
+    def pretrain(self, modality: str, items: Sequence[Any], **kwargs: Any):
+        """Self-supervised pretraining (contrastive or masked) of an encoder; see :func:`hub.training.pretrain`."""
+        from .training import pretrain
+
+        return pretrain(modality, items, hub=self, **kwargs)
+
+    def align(self, modality: str, pairs: Sequence[tuple[Any, str]], **kwargs: Any):
+        """Align a modality to an anchor space (infonce) or a backbone (caption); see :func:`hub.training.align`."""
+        from .training import align
+
+        return align(modality, pairs, hub=self, **kwargs)
+
     # -- backbones -------------------------------------------------------------------
     def backbones(self) -> list[str]:
         """Installed backbone adapters."""
