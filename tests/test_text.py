@@ -149,3 +149,10 @@ def test_save_pretrained_reloads_and_sentence_transformers_reads_it(hub, tmp_pat
     st = SentenceTransformer(str(tmp_path), device="cpu")
     ref = torch.from_numpy(st.encode(texts, normalize_embeddings=True))
     assert torch.allclose(again.encode(texts).pooled(normalize=True), ref, atol=1e-5)
+
+
+def test_tiny_bert_tokenizer_is_character_level_not_unknown(hub):
+    tok = hub.encoder("tiny-bert").tokenizer
+    pieces = tok.tokenize("Hello, wörld")
+    assert pieces[:3] == ["h", "##e", "##l"] and "[UNK]" not in pieces
+    assert hub.count_tokens("hello", encoder="tiny-bert") == [7]  # [CLS] h e l l o [SEP]

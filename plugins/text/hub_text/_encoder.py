@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import importlib
 import json
-import tempfile
 from pathlib import Path
 from typing import Any, Literal, Sequence
 
@@ -194,10 +193,8 @@ def tiny_bert(seed: int = 0, hidden_size: int = 32, num_layers: int = 2, max_len
     """An untrained BERT preset with a character-level WordPiece tokenizer, built offline."""
     from transformers import BertConfig, BertModel, BertTokenizerFast
 
-    with tempfile.TemporaryDirectory() as tmp:
-        vocab = Path(tmp) / "vocab.txt"
-        vocab.write_text("\n".join(_char_vocab()) + "\n", encoding="utf-8")
-        tokenizer = BertTokenizerFast(vocab_file=str(vocab), do_lower_case=True, model_max_length=max_length)
+    vocab = {token: i for i, token in enumerate(_char_vocab())}
+    tokenizer = BertTokenizerFast(vocab=vocab, do_lower_case=True, model_max_length=max_length)
     config = BertConfig(
         vocab_size=len(tokenizer), hidden_size=hidden_size, num_hidden_layers=num_layers,
         num_attention_heads=max(1, hidden_size // 16), intermediate_size=hidden_size * 2,
