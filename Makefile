@@ -15,7 +15,7 @@ $(VENV)/.installed: pyproject.toml constraints-dev.txt Makefile $(foreach p,$(PL
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip "setuptools>=70,<82" wheel
 	$(PIP) install -q -c constraints-dev.txt torch torchaudio
-	$(PIP) install -q -c constraints-dev.txt --no-build-isolation -e ".[test]" $(foreach p,$(PLUGINS) $(EXAMPLES),-e $(p))
+	$(PIP) install -q -c constraints-dev.txt --no-build-isolation -e ".[test,onnx]" $(foreach p,$(PLUGINS) $(EXAMPLES),-e $(p))
 	touch $@
 
 install: $(VENV)/.installed

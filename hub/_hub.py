@@ -29,6 +29,9 @@ __all__ = ["Hub"]
 
 OnError = Literal["raise", "skip"]
 
+#: Where exports (``runtime="onnx"``) and other derived files are cached; default ``~/.cache/modality-hub``.
+ENV_CACHE = "MODALITY_HUB_CACHE"
+
 #: Show a progress bar by default when a call runs at least this many batches.
 PROGRESS_MIN_BATCHES = 8
 
@@ -65,10 +68,18 @@ class Hub:
     torch.Size([2, 384])
     """
 
-    def __init__(self, registry: Registry | None = None, *, device: str | torch.device | None = None) -> None:
+    def __init__(
+        self,
+        registry: Registry | None = None,
+        *,
+        device: str | torch.device | None = None,
+        cache_dir: str | os.PathLike | None = None,
+    ) -> None:
         self.registry = registry or default_registry()
         self.device = torch.device(device) if device is not None else None
+        self.cache_dir = Path(cache_dir or os.environ.get(ENV_CACHE) or Path.home() / ".cache" / "modality-hub")
         self._encoders: dict[tuple[str, str], Encoder] = {}
+        self._onnx: dict[str, Any] = {}
 
     # -- discovery -----------------------------------------------------------
     def modalities(self) -> list[str]:
@@ -108,6 +119,42 @@ class Hub:
             if self.device is not None:
                 enc = enc.to(self.device)
             self._encoders[key] = enc
+        return enc
+
+    def onnx_encoder(self, name: str | None = None, *, modality: str | None = None,
+                     directory: str | os.PathLike | None = None, device: str = "cpu", **options: Any):
+        """An :class:`hub.onnx.OnnxEncoder` for encoder ``name`` (or ``modality``'s default).
+
+        ``directory`` is an existing export; without it the export is cached under
+        ``cache_dir/onnx/<encoder>-<options hash>`` and made on first use.
+        """
+        from . import onnx as hub_onnx
+
+        if name is None:
+            if modality is None:
+                raise UnknownModalityError("onnx_encoder() needs an encoder name or modality=")
+            name = self.registry.modality(modality).default_encoder
+        spec = self.registry.encoder_spec(name)
+        if directory is None:
+            import hashlib
+
+            key = hashlib.sha256(json.dumps(options, sort_keys=True, default=str).encode()).hexdigest()[:12]
+            directory = self.cache_dir / "onnx" / f"{spec.name}-{key}"
+            if not (Path(directory) / "manifest.json").is_file():
+                tqdm.write(f"exporting {spec.name} to ONNX in {directory} (first use; checked against PyTorch)")
+                hub_onnx.export(spec.modality, directory, encoder=name, options=options, hub=self)
+        key = f"{Path(directory).resolve()}|{device}"
+        if key not in self._onnx:
+            self._onnx[key] = hub_onnx.OnnxEncoder(directory, device=device, hub=self)
+        enc = self._onnx[key]
+        if enc.manifest.encoder != spec.name or enc.modality != spec.modality:
+            raise InvalidInputError(
+                f"{str(directory)!r} holds an export of {enc.manifest.encoder!r} ({enc.modality}), not {spec.name!r}"
+            )
+        if options and {**enc.manifest.encoder_options, **options} != enc.manifest.encoder_options:
+            raise InvalidInputError(
+                f"{str(directory)!r} was exported with options {enc.manifest.encoder_options}, not {options}"
+            )
         return enc
 
     # -- detection -----------------------------------------------------------
@@ -181,6 +228,9 @@ class Hub:
         progress: bool | None = None,
         on_error: OnError = "raise",
         options: dict[str, Any] | None = None,
+        runtime: Literal["torch", "onnx"] = "torch",
+        onnx_dir: str | os.PathLike | None = None,
+        onnx_device: str = "cpu",
     ) -> TokenEmbeddings:
         """Embed items as tokens.
 
@@ -191,7 +241,13 @@ class Hub:
         back in input order.  ``on_error="skip"`` drops bad items, reports
         them in ``.errors`` (index and reason) and keeps the rest; ``.indices``
         maps rows to input positions.
+
+        ``runtime="onnx"`` runs the encoder's graph in ONNX Runtime: from
+        ``onnx_dir`` (an export of this encoder), or from the hub's cache,
+        exporting it there (with its parity check) on first use.
         """
+        if runtime not in ("torch", "onnx"):
+            raise InvalidInputError(f"runtime must be 'torch' or 'onnx', got {runtime!r}")
         if on_error not in ("raise", "skip"):
             raise InvalidInputError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
         if not isinstance(batch_size, int) or batch_size < 1:
@@ -232,7 +288,12 @@ class Hub:
                                         "Embed each modality separately, or pass modality=...")
             alive = sorted(found)
             modality = kinds[0] if kinds else None
-        enc = self.encoder(encoder, modality=modality, **(options or {})) if modality else None
+        if modality is None:
+            enc = None
+        elif runtime == "onnx":
+            enc = self.onnx_encoder(encoder, modality=modality, directory=onnx_dir, device=onnx_device, **(options or {}))
+        else:
+            enc = self.encoder(encoder, modality=modality, **(options or {}))
         if enc is None:  # every item failed detection
             return self._empty(errors)
 

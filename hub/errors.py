@@ -23,6 +23,8 @@ __all__ = [
     "PromptError",
     "ContextLengthError",
     "BundleError",
+    "ExportError",
+    "ProviderError",
 ]
 
 
@@ -87,3 +89,11 @@ class ContextLengthError(InvalidInputError):
 
 class BundleError(HubError, ValueError):
     """A saved bundle (manifest + safetensors) is missing, malformed or does not match."""
+
+
+class ExportError(HubError, RuntimeError):
+    """An ONNX export failed (tracing, conversion, or its parity check against PyTorch); nothing was kept."""
+
+
+class ProviderError(HubError, RuntimeError):
+    """An ONNX Runtime execution provider that was asked for (e.g. CUDA) is not available or failed to load."""

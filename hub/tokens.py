@@ -65,7 +65,8 @@ class TokenEmbeddings:
             self.mask = self.mask.bool()
         if self.pooling not in ("mean", "cls", "max"):
             raise InvalidInputError(f"pooling must be 'mean', 'cls' or 'max'; got {self.pooling!r}")
-        if self.indices is None:
+        if self.indices is None and not (torch.compiler.is_compiling() or torch.compiler.is_exporting()):
+            # (under torch.export / ONNX export the batch size is symbolic: leave the default indices out)
             self.indices = list(range(self.tokens.shape[0]))
 
     # -- shape ---------------------------------------------------------------

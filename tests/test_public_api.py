@@ -4,9 +4,9 @@ import hub
 def test_public_api_is_pinned():
     assert sorted(hub.__all__) == sorted([
         "AmbiguousModalityError", "AugmentationSpec", "Backbone", "BackboneSpec", "BundleError", "ContextLengthError",
-        "DuplicateNameError", "Encoder", "EncoderSpec", "Hub", "HubError", "InvalidInputError",
+        "DuplicateNameError", "Encoder", "EncoderSpec", "ExportError", "Hub", "HubError", "InvalidInputError",
         "InvalidOptionsError", "Modality", "ModalityNotPluggedError", "MultimodalLM", "PluginError",
-        "PluginInfo", "Projector", "ProjectorConfig", "PromptError", "Registry", "SkippedItem",
+        "PluginInfo", "Projector", "ProjectorConfig", "PromptError", "ProviderError", "Registry", "SkippedItem",
         "SpaceMismatchError", "TokenEmbeddings", "UnknownEncoderError", "UnknownModalityError",
         "WeightsNotFoundError", "__version__", "build_projector", "default_registry", "describe_item",
         "hookimpl",

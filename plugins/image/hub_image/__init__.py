@@ -12,9 +12,9 @@ from __future__ import annotations
 from hub import EncoderSpec, Modality, hookimpl
 
 from ._encoder import PRESETS, TINY, HFVisionEncoder, VisionOptions, TinyVisionOptions, tiny_vision
-from ._items import ACCEPTS, EXTENSIONS, is_image, sample_image
+from ._items import ACCEPTS, EXTENSIONS, example_images, is_image, sample_image
 
-__all__ = ["HFVisionEncoder", "VisionOptions", "tiny_vision", "is_image"]
+__all__ = ["HFVisionEncoder", "VisionOptions", "example_images", "tiny_vision", "is_image"]
 
 
 @hookimpl
@@ -28,6 +28,7 @@ def register_modalities(register):
             default_encoder="clip-vit-b32",
             demo_encoder="tiny-clip",
             sample=sample_image,
+            examples=example_images,
             description="Still images (photos, drawings, screenshots)",
         )
     )

@@ -107,3 +107,22 @@ def sample_image() -> Image.Image:
     draw.rectangle([0, 32, 64, 48], fill=(34, 139, 34))
     draw.ellipse([24, 8, 40, 24], fill=(220, 20, 60))
     return img
+
+
+def example_images(n: int, seed: int = 0) -> list[Image.Image]:
+    """``n`` RGB drawings of varied sizes (16 to 96 px a side, any aspect), the same for the same
+    ``seed``: a random background, a rectangle and an ellipse (ONNX export parity checks, benchmarks)."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        w, h = (int(v) for v in rng.integers(16, 97, size=2))
+        img = Image.new("RGB", (w, h), tuple(int(c) for c in rng.integers(0, 256, size=3)))
+        draw = ImageDraw.Draw(img)
+        for shape in (draw.rectangle, draw.ellipse):
+            x0, x1 = sorted(int(v) for v in rng.integers(0, w, size=2))
+            y0, y1 = sorted(int(v) for v in rng.integers(0, h, size=2))
+            shape([x0, y0, x1, y1], fill=tuple(int(c) for c in rng.integers(0, 256, size=3)))
+        noise = rng.integers(-12, 13, size=(h, w, 3))
+        arr = np.clip(np.asarray(img, dtype=np.int16) + noise, 0, 255).astype(np.uint8)
+        out.append(Image.fromarray(arr))
+    return out

@@ -14,7 +14,7 @@ from hub import EncoderSpec, Modality, hookimpl
 
 from ._encoder import HFTextEncoder, HFTextOptions, TinyBertOptions, tiny_bert
 
-__all__ = ["HFTextEncoder", "HFTextOptions", "tiny_bert"]
+__all__ = ["HFTextEncoder", "HFTextOptions", "examples", "tiny_bert"]
 
 ACCEPTS = (
     "str (any text; a str naming an existing file is read as that file)",
@@ -24,6 +24,27 @@ ACCEPTS = (
 
 def _is_text(item: Any) -> bool:
     return isinstance(item, str)
+
+
+_WORDS = (
+    "the a cat dog sat on mat under bright sun while small birds sang softly near old stone bridge "
+    "river flows quickly past green fields and quiet villages people walk home after long day of work "
+    "music plays loudly in crowded hall children laugh at funny clown red blue yellow window door"
+).split()
+
+
+def examples(n: int, seed: int = 0) -> list[str]:
+    """``n`` English-like sentences of 1 to about 40 words, the same for the same ``seed``
+    (ONNX export parity checks and benchmarks)."""
+    import random
+
+    rng = random.Random(seed)
+    out = []
+    for i in range(n):
+        length = rng.choice((1, 2, 3, 5, 8, 13, 21, 34, 40)) if i % 3 else rng.randint(1, 40)
+        words = [rng.choice(_WORDS) for _ in range(length)]
+        out.append(" ".join(words).capitalize() + rng.choice((".", "!", "?")))
+    return out
 
 
 @hookimpl
@@ -37,6 +58,7 @@ def register_modalities(register):
             default_encoder="minilm-l6",
             demo_encoder="minilm-l6",
             sample=lambda: "A photo of a cat sitting on a sunny windowsill.",
+            examples=examples,
             description="Natural-language text",
         )
     )

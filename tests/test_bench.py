@@ -1,0 +1,83 @@
+"""hub.bench (torch eager vs ONNX Runtime, same inputs) and the GPU benchmark script's no-CUDA exit."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from hub.bench import format_table, presets, run
+from hub.errors import InvalidInputError
+
+pytest.importorskip("onnxruntime")
+pytest.importorskip("onnxscript")
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_run_torch_vs_onnx_on_the_same_inputs(hub, tmp_path, capsys):
+    out = tmp_path / "bench" / "rows.json"
+    rows = run(["text"], encoders=["tiny-bert"], batch_size=2, items=4, repeats=1, json_path=out, hub=hub,
+               progress=False)
+    assert [(r["modality"], r["encoder"], r["runtime"]) for r in rows] == [
+        ("text", "tiny-bert", "torch"), ("text", "tiny-bert", "onnx")]
+    torch_row, onnx_row = rows
+    assert not torch_row["error"] and not onnx_row["error"], rows
+    for r in rows:
+        assert r["items"] == 4 and r["batch_size"] == 2 and r["tokens_per_item"] > 2
+        assert r["items_per_s"] > 0 and 0 < r["ms_per_batch_p50"] <= r["ms_per_batch_p90"]
+    assert torch_row["speedup_vs_torch"] == 1.0
+    assert onnx_row["speedup_vs_torch"] == pytest.approx(onnx_row["items_per_s"] / torch_row["items_per_s"])
+    assert 0 <= onnx_row["max_abs_diff"] <= 1e-4  # same inputs, same batches: fp32 parity
+    assert onnx_row["min_cosine"] >= 0.9999
+    assert onnx_row["export_s"] > 0 and onnx_row["providers"] == ["CPUExecutionProvider"]
+
+    saved = json.loads(out.read_text())
+    assert saved["rows"] == rows
+    meta = saved["meta"]
+    assert meta["torch"] == torch.__version__ and meta["onnxruntime"] and meta["torch_threads"] >= 1
+    assert meta["cpu"] and meta["items"] == 4 and meta["batch_size"] == 2
+    table = capsys.readouterr().out
+    assert "tiny-bert" in table and "onnx" in table and "speedup" in table
+
+
+def test_torch_only_has_no_export(hub):
+    rows = run(["text"], runtimes=("torch",), encoders=["tiny-bert"], batch_size=4, items=4, repeats=1, hub=hub,
+               progress=False, print_table=False)
+    assert [r["runtime"] for r in rows] == ["torch"] and rows[0]["export_s"] is None
+
+
+def test_bad_arguments_are_refused(hub):
+    with pytest.raises(InvalidInputError, match="unknown runtime.*torch, onnx"):
+        run(["text"], runtimes=("tensorrt",), hub=hub, print_table=False)
+    with pytest.raises(InvalidInputError, match="batch_size must be a positive int"):
+        run(["text"], batch_size=0, hub=hub, print_table=False)
+
+
+def test_presets_and_error_rows(hub):
+    assert presets(hub, "text")[0] == "tiny-bert"  # the untrained preset always runs
+    assert presets(hub, "image") == [hub.registry.modality("image").demo_encoder]  # tiny-clip: one preset
+    table = format_table([{"modality": "text", "encoder": "minilm-l6", "runtime": "onnx", "error": "weights not available"}])
+    assert "error: weights not available" in table
+
+
+def _script(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(ROOT / "benchmarks" / "onnx_gpu.py"), *args], capture_output=True,
+                          text=True, cwd=ROOT, timeout=120)
+
+
+def test_gpu_script_help():
+    proc = _script("--help")
+    assert proc.returncode == 0 and "--out" in proc.stdout and "ViT-B/16" in proc.stdout
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-CUDA exit")
+def test_gpu_script_exits_2_without_cuda(tmp_path):
+    proc = _script("--out", str(tmp_path))
+    assert proc.returncode == 2
+    assert "no CUDA device" in proc.stderr and "onnxruntime-gpu" in proc.stderr
+    assert not (tmp_path / "onnx_gpu.json").exists()
