@@ -65,3 +65,4 @@ def register_encoders(register):
             weights=None, license="apache-2.0", pretrained=False,
             description=f"untrained 2-layer {family} vision tower on 32x32 inputs (tests, demos)",
         ))
+from ._augment import register_augmentations  # noqa: E402,F401  (pluggy finds the hook on this module)
