@@ -150,3 +150,24 @@ def test_demo_plugs_and_unplugs_each_modality():
     section = out.split("plug → generate → unplug")[1]
     for modality in ("image", "audio", "graph", "3d"):
         assert any(line.startswith(modality) and "error" not in line for line in section.splitlines()), modality
+
+
+def test_pretrain_and_align_commands(tmp_path):
+    colours = {"red": (220, 30, 30), "blue": (30, 30, 220)}
+    lines = []
+    for i in range(6):
+        name = list(colours)[i % 2]
+        path = tmp_path / "imgs" / f"{i}.png"
+        path.parent.mkdir(exist_ok=True)
+        Image.new("RGB", (24, 24), colours[name]).save(path)
+        lines.append(json.dumps({"item": f"imgs/{i}.png", "caption": f"a {name} square"}))
+    out = mhub("pretrain", "image", str(tmp_path / "imgs"), "-e", "tiny-clip", "--batch-size", "4",
+               "--out", str(tmp_path / "pre")).stdout
+    assert "encoder saved to" in out and (tmp_path / "pre" / "encoder" / "model.safetensors").is_file()
+    (tmp_path / "pairs.jsonl").write_text("\n".join(lines) + "\n")
+    out = mhub("align", "image", str(tmp_path / "pairs.jsonl"), "-e", "tiny-clip", "--epochs", "2",
+               "--out", str(tmp_path / "aligned")).stdout
+    assert "aligned projector saved to" in out and (tmp_path / "aligned" / "projector.safetensors").is_file()
+    (tmp_path / "bad.jsonl").write_text('{"caption": "no item"}\n')
+    res = mhub("align", "image", str(tmp_path / "bad.jsonl"), "-e", "tiny-clip", "--out", str(tmp_path / "x"), check=False)
+    assert res.returncode == 2 and "bad.jsonl:1" in res.stderr
