@@ -36,6 +36,7 @@ __all__ = [
     "farthest_point_sample",
     "knn",
     "gather_points",
+    "examples",
     "sample_item",
 ]
 
@@ -54,6 +55,35 @@ def sample_item() -> np.ndarray:
     return np.asarray(points, dtype=np.float32)  # (512, 3)
 
 
+#: point counts ``examples`` cycles through (x 1.0-1.1): above and below every preset's
+#: ``num_points`` (1024 and 256), never below the largest preset minimum (128); the first
+#: is small, so a batch of the first item alone pads to fewer points than later batches
+EXAMPLE_POINTS = (180, 1500, 700, 140, 300, 1100, 420, 200, 900, 250)
+
+
+def examples(n: int, seed: int = 0) -> list[np.ndarray]:
+    """``n`` noisy shapes (spheres, boxes, tori of random size, seeded) as float32 ``(N, 3)`` arrays,
+    ``N`` cycling through :data:`EXAMPLE_POINTS` with jitter."""
+    rng = np.random.default_rng(seed)
+    items = []
+    for i in range(n):
+        count = int(EXAMPLE_POINTS[i % len(EXAMPLE_POINTS)] * rng.uniform(1.0, 1.1))
+        shape = ("sphere", "box", "torus")[int(rng.integers(0, 3))]
+        u = rng.standard_normal((count, 3))
+        if shape == "sphere":
+            pts = u / np.linalg.norm(u, axis=1, keepdims=True)
+        elif shape == "box":
+            pts = rng.uniform(-1, 1, (count, 3))
+            face = rng.integers(0, 3, count)
+            pts[np.arange(count), face] = np.sign(pts[np.arange(count), face])
+        else:
+            a, b = rng.uniform(0, 2 * np.pi, (2, count))
+            pts = np.stack([(1 + 0.3 * np.cos(b)) * np.cos(a), (1 + 0.3 * np.cos(b)) * np.sin(a), 0.3 * np.sin(b)], 1)
+        pts = pts * rng.uniform(0.5, 2.0, 3) + rng.normal(0, 0.01, (count, 3)) + rng.uniform(-1, 1, 3)
+        items.append(pts.astype(np.float32))
+    return items
+
+
 @hookimpl
 def register_modalities(register):
     register(
@@ -65,6 +95,7 @@ def register_modalities(register):
             default_encoder="point-bert",
             demo_encoder="tiny-point-bert",
             sample=sample_item,
+            examples=examples,
             description="3D point clouds and meshes (centred, scaled to the unit sphere)",
         )
     )
@@ -79,3 +110,4 @@ def register_encoders(register):
                 weights=None, license="apache-2.0", pretrained=False, description=preset.description,
             )
         )
+from ._augment import register_augmentations  # noqa: E402,F401  (pluggy finds the hook on this module)

@@ -59,4 +59,9 @@ def knn(query: torch.Tensor, xyz: torch.Tensor, mask: torch.Tensor, k: int) -> t
     """
     dist = ((query.unsqueeze(2) - xyz.unsqueeze(1)) ** 2).sum(-1)  # (batch, queries, points)
     dist = dist.masked_fill(~mask.unsqueeze(1), float("inf"))
-    return dist.topk(k, dim=-1, largest=False).indices  # (batch, queries, k)
+    # k padding columns at infinity: topk then never needs points >= k, so torch.export adds no
+    # guard on the (dynamic) point count; they are never picked while a cloud has >= k real points
+    pad = torch.full_like(dist[..., :1], float("inf")).expand(-1, -1, k)  # (batch, queries, k)
+    index = torch.cat([dist, pad], dim=-1).topk(k, dim=-1, largest=False).indices  # (batch, queries, k)
+    last = torch.ones_like(mask, dtype=index.dtype).sum(1).sub(1)[:, None, None]  # (batch, 1, 1) = points - 1
+    return torch.minimum(index, last)

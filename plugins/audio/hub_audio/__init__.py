@@ -40,6 +40,7 @@ __all__ = [
     "SSLAudioEncoder",
     "WhisperAudioEncoder",
     "audio_format",
+    "examples",
     "is_audio",
     "load_waveform",
     "sample",
@@ -56,6 +57,26 @@ def sample() -> dict:
     return {"array": (0.5 * np.sin(2 * np.pi * 440 * t)).astype(np.float32), "sampling_rate": 16000}
 
 
+#: sample rates ``examples`` cycles through (resampled by ``prepare`` to each encoder's rate)
+EXAMPLE_RATES = (16000, 22050, 8000, 44100)
+
+
+def examples(n: int, seed: int = 0) -> list[dict]:
+    """``n`` clips of varied durations (0.2-1.6 s; every third 2.2-3.4 s, longer than the tiny
+    presets' 2 s window) and sample rates (:data:`EXAMPLE_RATES`): tones plus noise, seeded."""
+    rng = np.random.default_rng(seed)
+    items = []
+    for i in range(n):
+        seconds = rng.uniform(2.2, 3.4) if i % 3 == 0 else rng.uniform(0.2, 1.6)
+        rate = EXAMPLE_RATES[i % len(EXAMPLE_RATES)]
+        t = np.arange(int(seconds * rate)) / rate
+        freqs = rng.uniform(110.0, 0.4 * min(rate, 16000), size=3)
+        wave = sum(rng.uniform(0.1, 0.4) * np.sin(2 * np.pi * f * t + rng.uniform(0, np.pi)) for f in freqs)
+        wave = wave + 0.02 * rng.standard_normal(len(t))
+        items.append({"array": wave.astype(np.float32), "sampling_rate": rate})
+    return items
+
+
 @hookimpl
 def register_modalities(register):
     register(
@@ -67,6 +88,7 @@ def register_modalities(register):
             default_encoder="whisper-base",
             demo_encoder="tiny-whisper",
             sample=sample,
+            examples=examples,
             description="Sound: speech, music, environmental audio",
         )
     )
@@ -81,3 +103,4 @@ def register_encoders(register):
                 license=p.license, pretrained=p.pretrained, description=p.description,
             )
         )
+from ._augment import register_augmentations  # noqa: E402,F401  (pluggy finds the hook on this module)

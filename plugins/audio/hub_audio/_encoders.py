@@ -36,7 +36,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from hub import Encoder, TokenEmbeddings
-from hub.errors import InvalidOptionsError, WeightsNotFoundError
+from hub.errors import InvalidInputError, InvalidOptionsError, WeightsNotFoundError
 from hub.weights import from_pretrained
 
 from ._io import load_waveform
@@ -235,18 +235,22 @@ class WhisperAudioEncoder(AudioEncoder):
     def _collate_windows(self, windows: list[tuple[np.ndarray, int]]) -> tuple[dict[str, torch.Tensor], int]:
         feats = torch.from_numpy(np.stack([f for f, _ in windows]))  # (windows, mels, frames)
         real = torch.tensor([n for _, n in windows])
-        frame_mask = torch.arange(self.frames)[None, :] < real[:, None]  # (windows, frames)
-        return {"input_features": feats, "frame_mask": frame_mask}, math.ceil(self.frames / self.pool_stride)
+        tensors = {"input_features": feats}
+        if self.pool_stride > 1:  # only the masked pool reads it (an unused input would drop out of an ONNX graph)
+            tensors["frame_mask"] = torch.arange(self.frames)[None, :] < real[:, None]  # (windows, frames)
+        return tensors, math.ceil(self.frames / self.pool_stride)
 
     def forward(
         self,
         input_features: torch.Tensor,  # (windows, mels, frames)
-        frame_mask: torch.Tensor,  # (windows, frames): True on frames of real audio
         gather: torch.Tensor,  # (batch, tokens)
         token_mask: torch.Tensor,  # (batch, tokens)
+        frame_mask: torch.Tensor | None = None,  # (windows, frames): True on frames of real audio (pool_stride > 1)
     ) -> TokenEmbeddings:
         hidden = self.encoder(input_features).last_hidden_state  # (windows, frames, dim)
         if self.pool_stride > 1:
+            if frame_mask is None:
+                raise InvalidInputError(f"{self.name}: pool_stride={self.pool_stride} needs frame_mask (from collate)")
             # masked average pool: each pooled token is the mean of the *real* frames it covers
             m = frame_mask.to(hidden.dtype).unsqueeze(1)  # (windows, 1, frames)
             x = hidden.transpose(1, 2) * m  # (windows, dim, frames)
@@ -258,38 +262,50 @@ class WhisperAudioEncoder(AudioEncoder):
 
 
 # -- wav2vec2 / HuBERT ------------------------------------------------------------------
-class _MaskedGroupNorm(nn.GroupNorm):
-    """The first conv layer's GroupNorm of wav2vec2 / HuBERT base, computed over real frames only.
+class _MaskedGroupNormConv(nn.Module):
+    """The first conv layer of wav2vec2 / HuBERT base (conv → GroupNorm → activation), with the
+    GroupNorm statistics taken over real frames only when it is told which frames are real.
 
     Those checkpoints normalise each channel over the whole time axis, so zero
     padding changes every real frame (transformers documents that batched and
-    single results differ).  With ``sample_lengths`` set, the statistics use
-    only the frames of real audio, making a padded batch equal to single items.
-    Parameters are shared with the module it replaces (same state-dict keys).
+    single results differ).  transformers' feature encoder feeds this layer
+    ``input_values[:, None]``:
+
+    * ``(windows, 1, samples)`` — a plain waveform: the layer behaves exactly as the one it replaces;
+    * ``(windows, 1, 2, samples)`` — waveform and attention mask stacked (what
+      ``SSLAudioEncoder.forward`` passes as ``input_values``): statistics over the
+      real frames only, so a padded batch equals single items.
+
+    The mask travels inside the input tensor, so ``forward`` is stateless and
+    exports to ONNX as one tensor path.  Submodules keep their names (same state-dict keys).
     """
 
-    def __init__(self, norm: nn.GroupNorm, kernel: int, stride: int) -> None:
-        super().__init__(norm.num_groups, norm.num_channels, norm.eps, norm.affine)
-        if norm.affine:
-            self.weight, self.bias = norm.weight, norm.bias
+    def __init__(self, layer: nn.Module, kernel: int, stride: int) -> None:
+        super().__init__()
+        self.conv, self.layer_norm, self.activation = layer.conv, layer.layer_norm, layer.activation
         self.kernel, self.stride = kernel, stride
-        self.sample_lengths: torch.Tensor | None = None
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (batch, channels, frames)
-        if self.sample_lengths is None:
-            return super().forward(x)
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.ndim == 3:  # (windows, 1, samples): transformers' own call
+            return self.activation(self.layer_norm(self.conv(x)))
+        values, sample_mask = x[:, :, 0], x[:, 0, 1]  # (windows, 1, samples), (windows, samples)
+        h = self.conv(values)  # (windows, channels, frames)
+        return self.activation(self._masked_norm(h, sample_mask.sum(-1)))
+
+    def _masked_norm(self, x: torch.Tensor, samples: torch.Tensor) -> torch.Tensor:
+        norm: nn.GroupNorm = self.layer_norm
         b, c, t = x.shape
-        g = self.num_groups
-        frames = torch.div(self.sample_lengths - self.kernel, self.stride, rounding_mode="floor") + 1  # (batch,)
-        mask = (torch.arange(t, device=x.device)[None, :] < frames[:, None]).to(x.dtype)  # (batch, frames)
+        g = norm.num_groups
+        frames = torch.div(samples - self.kernel, self.stride, rounding_mode="floor") + 1  # (windows,) real frames
+        mask = (torch.arange(t, device=x.device)[None, :] < frames[:, None]).to(x.dtype)  # (windows, frames)
         xg = x.reshape(b, g, c // g, t)
-        m = mask[:, None, None, :]  # (batch, 1, 1, frames)
+        m = mask[:, None, None, :]  # (windows, 1, 1, frames)
         count = m.sum(dim=(2, 3), keepdim=True) * (c // g)
         mean = (xg * m).sum(dim=(2, 3), keepdim=True) / count
         var = ((xg - mean).pow(2) * m).sum(dim=(2, 3), keepdim=True) / count
-        y = ((xg - mean) / torch.sqrt(var + self.eps)).reshape(b, c, t)
-        if self.affine:
-            y = y * self.weight[None, :, None] + self.bias[None, :, None]
+        y = ((xg - mean) / torch.sqrt(var + norm.eps)).reshape(b, c, t)
+        if norm.affine:
+            y = y * norm.weight[None, :, None] + norm.bias[None, :, None]
         return y
 
 
@@ -341,12 +357,11 @@ class SSLAudioEncoder(AudioEncoder):
         self.window_samples = int(round(window_seconds * self.sampling_rate))
         if self.window_samples < self.min_samples:
             raise InvalidOptionsError(f"window_seconds={window_seconds} is shorter than one token ({field} samples)")
-        self._norms: list[_MaskedGroupNorm] = []  # a list: not registered twice as a submodule
-        first = model.feature_extractor.conv_layers[0]
-        if isinstance(getattr(first, "layer_norm", None), nn.GroupNorm):
-            norm = _MaskedGroupNorm(first.layer_norm, int(cfg.conv_kernel[0]), int(cfg.conv_stride[0]))
-            first.layer_norm = norm
-            self._norms.append(norm)
+        layers = model.feature_extractor.conv_layers
+        #: True when the first conv layer normalises over time (GroupNorm): padding must be masked there
+        self.masked_norm = isinstance(getattr(layers[0], "layer_norm", None), nn.GroupNorm)
+        if self.masked_norm:
+            layers[0] = _MaskedGroupNormConv(layers[0], int(cfg.conv_kernel[0]), int(cfg.conv_stride[0]))
 
     def _out_len(self, samples: int) -> int:
         return int(self.model._get_feat_extract_output_lengths(torch.tensor(samples)))
@@ -372,13 +387,10 @@ class SSLAudioEncoder(AudioEncoder):
         gather: torch.Tensor,  # (batch, tokens)
         token_mask: torch.Tensor,  # (batch, tokens)
     ) -> TokenEmbeddings:
-        for norm in self._norms:
-            norm.sample_lengths = attention_mask.sum(-1)
-        try:
-            hidden = self.model(input_values, attention_mask=attention_mask).last_hidden_state  # (windows, frames, dim)
-        finally:
-            for norm in self._norms:
-                norm.sample_lengths = None
+        values = input_values
+        if self.masked_norm:  # the first conv layer reads the mask from a second row (see _MaskedGroupNormConv)
+            values = torch.stack([input_values, attention_mask.to(input_values.dtype)], dim=1)  # (windows, 2, samples)
+        hidden = self.model(values, attention_mask=attention_mask).last_hidden_state  # (windows, frames, dim)
         return self._assemble(hidden, gather, token_mask)
 
 

@@ -18,7 +18,9 @@ from hub import EncoderSpec, Modality, hookimpl
 
 from ._meta import ACCEPTS, FILE_SUFFIXES, PRESETS, GraphOptions
 
-__all__ = ["ACCEPTS", "FILE_SUFFIXES", "PRESETS", "GraphConfig", "GraphEncoder", "GraphOptions", "is_graph", "sample_graph"]
+__all__ = [
+    "ACCEPTS", "FILE_SUFFIXES", "PRESETS", "GraphConfig", "GraphEncoder", "GraphOptions", "examples", "is_graph", "sample_graph",
+]
 
 
 def is_graph(item: Any) -> bool:
@@ -37,6 +39,28 @@ def sample_graph() -> Any:
     import networkx
 
     return networkx.karate_club_graph()
+
+
+def examples(n: int, seed: int = 0) -> list[dict]:
+    """``n`` connected random graphs of varied size, as ``{"edge_index", "num_nodes"}`` dicts (seeded).
+
+    Node counts vary from 3 to 60; every fourth graph has 130-170 nodes, above the
+    default ``max_tokens=128``, so the top-k node selection is exercised.  Each graph
+    is a random tree plus ``0.2-1.5 x nodes`` extra random edges (numpy only).
+    """
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    items = []
+    for i in range(n):
+        nodes = int(rng.integers(130, 171) if i % 4 == 3 else rng.integers(3, 61))
+        parents = [int(rng.integers(0, v)) for v in range(1, nodes)]  # a random spanning tree
+        extra = int(rng.uniform(0.2, 1.5) * nodes)
+        src = np.concatenate([np.arange(1, nodes), rng.integers(0, nodes, extra)])
+        dst = np.concatenate([np.array(parents, dtype=np.int64), rng.integers(0, nodes, extra)])
+        keep = src != dst  # no self loops
+        items.append({"edge_index": np.stack([src[keep], dst[keep]]).astype(np.int64), "num_nodes": nodes})
+    return items
 
 
 def _factory(name: str):
@@ -59,6 +83,7 @@ def register_modalities(register):
             default_encoder="gin",
             demo_encoder="gin",
             sample=sample_graph,
+            examples=examples,
             description="Graphs and molecules: one token per node (GIN, GAT, GraphSAGE, GPS)",
         )
     )
@@ -81,3 +106,4 @@ def __getattr__(name: str) -> Any:
 
         return getattr(_encoder, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+from ._augment import register_augmentations  # noqa: E402,F401  (pluggy finds the hook on this module)

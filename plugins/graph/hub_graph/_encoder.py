@@ -15,6 +15,17 @@ nodes, cannot swap places between a batch and a single call).  With
 before the reduction) is prepended and ``pooled()`` returns it
 (``pooling="cls"``).  Tokens per item: ``min(num_nodes, max_tokens) + graph_token``.
 
+Export
+------
+``collate`` returns PyG's ``x``, ``edge_index`` and ``batch`` plus ``node_mask``
+(graphs, max nodes) and ``token_mask`` (graphs, tokens), computed in Python.
+``forward`` takes every size it needs from those shapes and selects with a
+per-graph ``topk`` over a padded score matrix (PyG's ``SelectTopK`` /
+``to_dense_batch`` read sizes with ``int(...)`` and sort stably, which ONNX
+cannot express), so it exports to ONNX with dynamic graphs, nodes and edges
+(``torch.onnx.export``, both the ``dynamo=True`` and TorchScript exporters).
+``SelectTopK`` still holds the learned projection ``p`` (``select.weight``).
+
 Weights
 -------
 The presets are untrained (random init from ``seed``).  ``save_pretrained(dir)``
@@ -33,10 +44,9 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from safetensors.torch import load_file, save_file
 from torch_geometric.data import Batch, Data
-from torch_geometric.nn import MLP, GINConv, GPSConv, global_mean_pool
+from torch_geometric.nn import MLP, GINConv, GPSConv
 from torch_geometric.nn.pool.select import SelectTopK
 from torch_geometric.nn.models import GAT, GIN, GraphSAGE
-from torch_geometric.utils import cumsum, degree, to_dense_batch
 
 from hub import Encoder, TokenEmbeddings
 from hub.errors import InvalidOptionsError, WeightsNotFoundError
@@ -44,7 +54,7 @@ from hub.errors import InvalidOptionsError, WeightsNotFoundError
 from ._items import ItemProblem, to_graph
 from ._meta import ACCEPTS, PRESETS, GraphOptions
 
-__all__ = ["GPS", "GraphConfig", "GraphEncoder", "make_factory"]
+__all__ = ["GPS", "GraphConfig", "GraphEncoder", "dense_layout", "gps_layer", "make_factory"]
 
 CONFIG_NAME, WEIGHTS_NAME = "config.json", "model.safetensors"
 FORMAT = "modality-hub-graph"
@@ -54,7 +64,15 @@ Arch = Literal["gin", "gat", "sage", "gps"]
 class GPS(torch.nn.Module):
     """A GPS graph transformer (Rampášek et al. 2022): per layer, a local GIN
     message pass plus global multi-head attention over the graph's nodes
-    (``torch_geometric.nn.GPSConv``), after a linear input projection."""
+    (``torch_geometric.nn.GPSConv``), after a linear input projection.
+
+    Given the batch's dense layout (``layout=dense_layout(batch, node_mask)``),
+    each layer runs :func:`gps_layer`: ``GPSConv.forward`` with the padding done by
+    index ops whose sizes come from ``node_mask``'s shape.  (PyG's ``to_dense_batch``
+    reads the largest graph with ``int(...)`` and ``MultiheadAttention`` reshapes
+    with Python arithmetic on sizes; ONNX tracing freezes both into constants.)
+    Without ``layout`` it runs the PyG layers as they are.
+    """
 
     def __init__(self, in_channels: int, hidden_channels: int, num_layers: int, heads: int) -> None:
         super().__init__()
@@ -64,11 +82,67 @@ class GPS(torch.nn.Module):
             for _ in range(num_layers)
         )
 
-    def forward(self, x: torch.Tensor, edge_index: torch.Tensor, batch: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,  # (nodes, in_channels)
+        edge_index: torch.Tensor,  # (2, edges)
+        batch: torch.Tensor | None = None,  # (nodes,)
+        layout: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,  # dense_layout(batch, node_mask)
+    ) -> torch.Tensor:
         h = self.lin(x)  # (nodes, hidden)
         for layer in self.layers:
-            h = layer(h, edge_index, batch)
+            h = layer(h, edge_index, batch) if layout is None else gps_layer(layer, h, edge_index, *layout)
         return h
+
+
+def dense_layout(batch: torch.Tensor, node_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Where the nodes of a PyG batch sit in a padded ``(graphs, width)`` layout.
+
+    ``node_mask`` (graphs, width) is True on the first ``n_g`` slots of row ``g``.
+    Returns ``node_of_slot`` (graphs, width): the node in each slot (0 in padding),
+    ``slot_of_node`` (nodes,): each node's flat slot, and ``node_mask``.
+    Only gathers and cumulative sums: every size comes from the inputs' shapes.
+    """
+    flat = node_mask.reshape(-1).long()  # (graphs * width,)
+    node_of_slot = (torch.cumsum(flat, 0) - 1).clamp(min=0).reshape(node_mask.shape)  # (graphs, width)
+    counts = node_mask.long().sum(1)  # (graphs,)
+    first = torch.cumsum(counts, 0) - counts  # (graphs,) first node of each graph
+    local = torch.arange(batch.shape[0], device=batch.device) - first[batch]  # (nodes,)
+    slot_of_node = batch * node_mask.shape[1] + local  # (nodes,)
+    return node_of_slot, slot_of_node, node_mask
+
+
+def gps_layer(
+    layer: GPSConv,
+    x: torch.Tensor,  # (nodes, dim)
+    edge_index: torch.Tensor,  # (2, edges)
+    node_of_slot: torch.Tensor,  # (graphs, width)
+    slot_of_node: torch.Tensor,  # (nodes,)
+    node_mask: torch.Tensor,  # (graphs, width)
+) -> torch.Tensor:
+    """``GPSConv.forward`` (eval; MultiheadAttention, batch-free norms) on a precomputed dense layout."""
+    h = layer.conv(x, edge_index) + x  # local message passing + residual
+    hs = [layer.norm1(h) if layer.norm1 is not None else h]
+    dense = x[node_of_slot]  # (graphs, width, dim)
+    att = _attention(layer.attn, dense, node_mask)  # (graphs, width, dim)
+    h = att.reshape(-1, att.shape[-1])[slot_of_node] + x  # back to (nodes, dim) + residual
+    hs.append(layer.norm2(h) if layer.norm2 is not None else h)
+    out = hs[0] + hs[1]
+    out = out + layer.mlp(out)
+    return layer.norm3(out) if layer.norm3 is not None else out
+
+
+def _attention(attn: torch.nn.MultiheadAttention, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``attn(x, x, x, key_padding_mask=~mask)`` of a batch-first ``MultiheadAttention`` (eval).
+
+    Written out with the module's own weights and ``scaled_dot_product_attention``:
+    ``F.multi_head_attention_forward`` reshapes with ``batch * heads`` computed in Python,
+    which the TorchScript ONNX exporter freezes to the traced batch size.
+    """
+    qkv = torch.nn.functional.linear(x, attn.in_proj_weight, attn.in_proj_bias)  # (graphs, width, 3 * dim)
+    q, k, v = qkv.unflatten(-1, (3, attn.num_heads, attn.head_dim)).permute(2, 0, 3, 1, 4).unbind(0)  # (graphs, heads, width, head_dim)
+    out = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask[:, None, None, :])
+    return attn.out_proj(out.transpose(1, 2).flatten(2))  # (graphs, width, dim)
 
 
 class GraphConfig(BaseModel):
@@ -174,7 +248,12 @@ class GraphEncoder(Encoder):
 
     def collate(self, prepared: Sequence[Data]) -> dict[str, torch.Tensor]:
         batch = Batch.from_data_list(list(prepared))
-        return {"x": batch.x, "edge_index": batch.edge_index, "batch": batch.batch}
+        nodes = torch.tensor([int(p.num_nodes) for p in prepared])  # (graphs,)
+        node_mask = torch.arange(int(nodes.max()))[None, :] < nodes[:, None]  # (graphs, max nodes)
+        tokens = torch.tensor([self.num_tokens(p) for p in prepared])  # (graphs,)
+        token_mask = torch.arange(int(tokens.max()))[None, :] < tokens[:, None]  # (graphs, tokens)
+        return {"x": batch.x, "edge_index": batch.edge_index, "batch": batch.batch,
+                "node_mask": node_mask, "token_mask": token_mask}
 
     def num_tokens(self, prepared: Data) -> int:
         return min(int(prepared.num_nodes), self.max_tokens) + int(self.graph_token)
@@ -188,26 +267,33 @@ class GraphEncoder(Encoder):
         x: torch.Tensor,  # (nodes, in_channels), all graphs of the batch
         edge_index: torch.Tensor,  # (2, edges)
         batch: torch.Tensor,  # (nodes,) graph of each node
+        node_mask: torch.Tensor,  # (graphs, max nodes): True on the first num_nodes slots
+        token_mask: torch.Tensor,  # (graphs, tokens): True on each graph's num_tokens
     ) -> TokenEmbeddings:
-        h = self.gnn(x, edge_index, batch=batch)  # (nodes, dim)
-        # TopKPooling ranked on the score before tanh: a saturated tanh (1.0 for many nodes)
-        # would leave the choice to the sort's tie-breaking, which batching changes
-        picked = self.select(h, batch)  # node_index grouped by graph, best first; weight: s
-        perm = picked.node_index  # (kept,)
-        kept = h[perm] * torch.tanh(picked.weight).unsqueeze(-1)  # gated as TopKPooling does
-        kept_batch = batch[perm]
-        # perm is grouped by graph, best score first; graphs under the cap go back to node order
-        nodes = degree(batch, dtype=torch.long)  # (graphs,) nodes per graph
-        first_node, first_kept = cumsum(nodes)[:-1], cumsum(nodes.clamp(max=self.max_tokens))[:-1]
-        rank = torch.arange(perm.numel(), device=perm.device) - first_kept[kept_batch]
-        local = torch.where(nodes[kept_batch] > self.max_tokens, rank, perm - first_node[kept_batch])
-        order = (kept_batch * batch.numel() + local).argsort()
-        tokens, mask = to_dense_batch(kept[order], kept_batch[order])  # (batch, tokens, dim), (batch, tokens)
+        layout = dense_layout(batch, node_mask)
+        extra = {"layout": layout} if isinstance(self.gnn, GPS) else {}
+        h = self.gnn(x, edge_index, batch=batch, **extra)  # (nodes, dim)
+        slot_of_node = layout[1]  # scattered (not gathered) into the dense layout: every input is used
+        dense = torch.zeros_like(node_mask, dtype=h.dtype).reshape(-1, 1).repeat(1, h.shape[-1])  # (graphs * width, dim)
+        dense = dense.index_put((slot_of_node,), h).reshape(node_mask.shape + (h.shape[-1],))  # (graphs, width, dim)
+        # TopKPooling's score s = h·p / |p|, ranked before tanh: a saturated tanh (1.0 for many
+        # nodes) would leave the choice to the sort's tie-breaking, which batching changes
+        p = self.select.weight  # (1, dim)
+        score = (dense * p).sum(-1) / p.norm(p=2, dim=-1)  # (graphs, width)
+        # graphs above the cap keep their best nodes, best first; the others keep all, in node order
+        position = node_mask.long().cumsum(1) - 1  # (graphs, width) node index within its graph
+        above = node_mask.sum(1, keepdim=True) > self.max_tokens  # (graphs, 1)
+        key = torch.where(above, score, -position.to(score.dtype)).masked_fill(~node_mask, float("-inf"))
+        node_tokens = token_mask[:, int(self.graph_token):]  # (graphs, min(width, max_tokens))
+        pick = key.topk(node_tokens.shape[1], dim=1).indices  # (graphs, k)
+        gate = torch.tanh(score.gather(1, pick))  # gated as TopKPooling does
+        kept = dense.gather(1, pick.unsqueeze(-1).expand(-1, -1, dense.shape[-1]))  # (graphs, k, dim)
+        tokens = kept * (gate * node_tokens.to(gate.dtype)).unsqueeze(-1)  # (graphs, k, dim), padding zeroed
         if self.graph_token:
-            pooled = global_mean_pool(h, batch)  # (batch, dim)
+            count = node_mask.sum(1, keepdim=True).clamp(min=1).to(h.dtype)  # (graphs, 1)
+            pooled = dense.sum(1) / count  # (graphs, dim) mean of all node embeddings
             tokens = torch.cat([pooled.unsqueeze(1), tokens], dim=1)
-            mask = torch.cat([mask.new_ones(mask.shape[0], 1), mask], dim=1)
-        return self.tokens(tokens, mask)
+        return self.tokens(tokens, token_mask)
 
 
 def make_factory(name: str) -> Callable[..., GraphEncoder]:
