@@ -12,10 +12,12 @@ export TRANSFORMERS_NO_ADVISORY_WARNINGS := 1
 .PHONY: install demo test standalone clean
 
 $(VENV)/.installed: pyproject.toml constraints-dev.txt Makefile $(foreach p,$(PLUGINS) $(EXAMPLES),$(p)/pyproject.toml)
+	command -v espeak-ng >/dev/null || (apt-get update -qq && apt-get install -y -qq espeak-ng) \
+	  || echo "warning: install espeak-ng (apt-get install espeak-ng) for the starter pack's spoken words"
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip "setuptools>=70,<82" wheel
 	$(PIP) install -q -c constraints-dev.txt torch torchaudio
-	$(PIP) install -q -c constraints-dev.txt --no-build-isolation -e ".[test,onnx]" $(foreach p,$(PLUGINS) $(EXAMPLES),-e $(p))
+	$(PIP) install -q -c constraints-dev.txt --no-build-isolation -e ".[test,onnx,starter]" $(foreach p,$(PLUGINS) $(EXAMPLES),-e $(p))
 	touch $@
 
 install: $(VENV)/.installed

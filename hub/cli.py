@@ -169,8 +169,12 @@ def embed(inputs, modality, encoder, options, pooled, normalize, output, batch_s
 
 @main.command()
 @click.option("--repeat", default=8, show_default=True, type=click.IntRange(min=1), help="Items per timing batch.")
-def demo(repeat: int) -> None:
-    """Embed a sample of every installed modality and print a table."""
+@click.option("--pack/--no-pack", default=True, show_default=True,
+              help="Answer text queries across modalities from the starter pack (built on first run, then cached).")
+@click.option("--budget", type=click.Choice(["full", "tiny"]), default="full", show_default=True,
+              help="Starter pack size (tiny: seconds, for tests; its answers are not meaningful).")
+def demo(repeat: int, pack: bool, budget: str) -> None:
+    """Embed a sample of every installed modality, plug each into a tiny LLM, and query the starter pack."""
     h = Hub()
     mods = h.modalities()
     if not mods:
@@ -197,11 +201,35 @@ def demo(repeat: int) -> None:
             click.echo(f"{m:<9} {name:<16} error: {exc}")
     if h.backbones():
         failures += _demo_plug(h, [m for m in mods if m != "text"])
+    if pack:
+        failures += _demo_pack(h, budget)
     broken = [p for p in h.plugins() if not p.ok]
     for p in broken:
         click.secho(f"plugin {p.name} failed to load: {p.error}", fg="yellow")
     if failures:
         sys.exit(1)
+
+
+DEMO_QUERIES = ("the number seven", "a wheel graph", "a torus")
+
+
+def _demo_pack(h: Hub, budget: str) -> int:
+    """Text queries against the starter pack: the nearest held-out image, audio clip, graph and 3D shape."""
+    from . import starter
+
+    click.secho(f"\nstarter pack ({budget}): one shared space, text as the anchor", bold=True)
+    try:
+        pack = starter.build_starter_pack(budget=budget, hub=h)
+    except HubError as exc:
+        click.echo(f"starter pack unavailable: {exc}")
+        return 1
+    out = pack.directory / "demo"
+    for text in DEMO_QUERIES:
+        answer = starter.query(pack, text, k=1)
+        hits = ", ".join(f"{m}: {hit[0][1]} ({hit[0][2]:.2f})" for m, hit in answer.items())
+        path = starter.draw_query(pack, text, out / f"{text.replace(' ', '-')}.png", answer=answer)
+        click.echo(f"{text!r:<20} → {hits}  [{path}]")
+    return 0
 
 
 def _demo_plug(h: Hub, mods: list[str], backbone: str = "tiny-llama") -> int:
@@ -354,6 +382,52 @@ def align(modality, pairs, encoder, options, projector, objective, backbone, tra
     except HubError as exc:
         _fail(exc)
     click.echo(f"loss {result.losses[0]:.4f} -> {result.losses[-1]:.4f}; aligned projector saved to {saved}")
+
+
+@main.command("starter-pack")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), help="Where to build it (default: the hub's cache).")
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--budget", type=click.Choice(["full", "tiny"]), default="full", show_default=True)
+@click.option("--force", is_flag=True, help="Rebuild even when a cached pack of the same build exists.")
+def starter_pack(out_dir, seed, budget, force) -> None:
+    """Build the offline starter pack: digits, spoken words (espeak-ng), graph families and 3D primitives,
+    pretrained where needed and aligned to text (all-MiniLM-L6-v2)."""
+    from . import starter
+
+    try:
+        pack = starter.build_starter_pack(out_dir, seed=seed, budget=budget, force=force)
+    except HubError as exc:
+        _fail(exc)
+    click.echo(f"starter pack in {pack.directory}: {', '.join(pack.modalities)}")
+
+
+@main.command("eval")
+@click.option("--pack", "pack_dir", type=click.Path(file_okay=False), help="A built pack (default: build or load the cached one).")
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--budget", type=click.Choice(["full", "tiny"]), default="full", show_default=True)
+@click.option("--ablation", is_flag=True, help="Also build the pack without pretraining for graph and 3D and compare.")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), help="Copy the report here too.")
+def eval_cmd(pack_dir, seed, budget, ablation, json_path) -> None:
+    """Zero-shot classification and emergent cross-modal retrieval on held-out starter-pack items."""
+    from . import starter
+
+    try:
+        pack = starter.build_starter_pack(pack_dir, seed=seed, budget=budget)
+        report = starter.evaluate(pack, progress=True)
+        if ablation:
+            report["ablation"] = starter.ablation(seed, budget=budget, pack=pack)
+    except HubError as exc:
+        _fail(exc)
+    click.secho(f"{'zero-shot':<22} {'top-1':>6} {'top-5':>6} {'held out':>9}", bold=True)
+    for m, r in report["zero_shot"].items():
+        click.echo(f"{m:<22} {r['top1']:>6.3f} {r['top5']:>6.3f} {r.get('n', ''):>9}")
+    for pair, r in report["retrieval"].items():
+        click.echo(f"{pair:<22} {r['top1']:>6.3f} {r['top5']:>6.3f} {r.get('queries', ''):>9}")
+    for m, r in report.get("ablation", {}).get("modalities", {}).items():
+        click.echo(f"ablation {m:<13} pretrained {r['pretrained']['top1']:.3f} vs random init {r['random_init']['top1']:.3f}")
+    if json_path is not None:
+        json_path.write_text(json.dumps(report, indent=2, default=str) + "\n")
+    click.echo(f"report: {pack.directory / 'eval'}")
 
 
 def _parse_plug(value: str) -> tuple[str, str | None, str]:

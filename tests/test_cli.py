@@ -86,7 +86,7 @@ def test_embed_skip_errors(tmp_path):
 
 
 def test_demo_prints_a_row_per_modality():
-    out = mhub("demo", "--repeat", "2").stdout
+    out = mhub("demo", "--repeat", "2", "--no-pack").stdout
     assert "tokens/item" in out
     for modality in json.loads(mhub("plugins", "--json").stdout)["modalities"]:
         assert any(line.startswith(modality) for line in out.splitlines()), modality
@@ -145,7 +145,7 @@ def test_generate_with_a_plugged_image(cat_png):
 
 def test_demo_plugs_and_unplugs_each_modality():
     pytest.importorskip("hub_transformers")
-    out = mhub("demo", "--repeat", "1").stdout
+    out = mhub("demo", "--repeat", "1", "--no-pack").stdout
     assert "plug → generate → unplug on tiny-llama" in out
     section = out.split("plug → generate → unplug")[1]
     for modality in ("image", "audio", "graph", "3d"):
@@ -171,3 +171,18 @@ def test_pretrain_and_align_commands(tmp_path):
     (tmp_path / "bad.jsonl").write_text('{"caption": "no item"}\n')
     res = mhub("align", "image", str(tmp_path / "bad.jsonl"), "-e", "tiny-clip", "--out", str(tmp_path / "x"), check=False)
     assert res.returncode == 2 and "bad.jsonl:1" in res.stderr
+
+
+def test_demo_queries_the_starter_pack_and_eval_reports(tmp_path, monkeypatch):
+    import shutil
+
+    if shutil.which("espeak-ng") is None:
+        pytest.skip("espeak-ng is not installed (make install installs it)")
+    monkeypatch.setenv("MODALITY_HUB_CACHE", str(tmp_path))
+    out = mhub("demo", "--repeat", "1", "--budget", "tiny").stdout
+    section = out.split("starter pack (tiny)")[1]
+    lines = [line for line in section.splitlines() if line.startswith("'")]
+    assert len(lines) == 3 and all(m in lines[0] for m in ("image:", "audio:", "graph:", "3d:"))
+    assert list((tmp_path / "starter-pack-tiny" / "demo").glob("*.png"))
+    out = mhub("eval", "--budget", "tiny", "--json", str(tmp_path / "eval.json")).stdout
+    assert "audio->image" in out and json.loads((tmp_path / "eval.json").read_text())["zero_shot"]["graph"]["top1"] >= 0
