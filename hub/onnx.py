@@ -246,7 +246,24 @@ def _resolve(source: str | Encoder, encoder: str | None, options: dict[str, Any]
         name = encoder or hub.registry.modality(modality).default_encoder
     preprocess_options = dict(options)
     projector, space, pooling = None, None, None
-    if bundle is not None:
+    if bundle is not None and (Path(bundle) / "align.json").is_file():
+        # an aligned projector from hub.training.align (no backbone): its encoder + projector
+        from .training import AlignManifest, AlignResult
+
+        ref = AlignManifest.model_validate_json((Path(bundle) / "align.json").read_text())
+        if ref.modality != modality:
+            raise InvalidInputError(f"{str(bundle)!r} aligns {ref.modality!r}, not {modality!r}")
+        if encoder is not None and encoder != ref.encoder:
+            raise InvalidInputError(f"{str(bundle)!r} was aligned with encoder {ref.encoder!r}, not {encoder!r}")
+        result = AlignResult.load(bundle, hub=hub)
+        enc, name, options = result.encoder, ref.encoder, dict(ref.encoder_options)
+        preprocess_options = dict(options)
+        if ref.encoder_dir:
+            preprocess_options["weights"] = str((Path(bundle) / ref.encoder_dir).resolve())
+        if with_projector:
+            projector, space = result.projector, ref.space
+            pooling = enc.pooling if projector.per_token else "mean"
+    elif bundle is not None:
         lm = MultimodalLM.load(bundle, hub=hub)
         if modality not in lm._plugged:
             raise InvalidInputError(f"bundle {str(bundle)!r} has no {modality!r} plugged; it plugs "

@@ -265,3 +265,26 @@ def test_align_refuses_bad_pairs_and_options():
         align("image", pairs, encoder="tiny-clip", objective="caption", progress=False)
     with pytest.raises(InvalidOptionsError, match="unknown projector kind 'conv'"):
         align("image", pairs, encoder="tiny-clip", projector="conv", progress=False)
+
+
+def test_exported_onnx_of_an_aligned_bundle_matches(tmp_path):
+    """align(infonce) → save → hub.onnx.export(bundle=..., with_projector, pooled) → ONNX Runtime == embed_aligned."""
+    pytest.importorskip("onnxruntime")
+    from PIL import Image
+
+    from hub import Hub
+    from hub import onnx as hub_onnx
+    from hub.training import align
+
+    colours = [(200, 30, 30), (30, 200, 30), (30, 30, 200)]
+    pairs = [(Image.new("RGB", (20, 20), c), f"a {n} picture") for c, n in zip(colours * 2, ["red", "green", "blue"] * 2)]
+    h = Hub()
+    result = align("image", pairs, encoder="tiny-clip", anchor_encoder="tiny-bert", epochs=1, batch_size=6,
+                   progress=False, hub=h)
+    result.save(tmp_path / "aligned")
+    manifest = hub_onnx.export("image", tmp_path / "onnx", bundle=tmp_path / "aligned", with_projector=True,
+                               pooled=True, hub=h)
+    assert manifest.parity.passed and manifest.with_projector and manifest.space == result.space
+    items = [p[0] for p in pairs[:3]]
+    served = hub_onnx.OnnxEncoder(tmp_path / "onnx", hub=h).encode(items).pooled(normalize=True)
+    assert torch.allclose(served, result.embed_aligned(items), atol=1e-4)
