@@ -261,11 +261,14 @@ class MultimodalLM:
         return p.device, p.dtype
 
     # -- composing -------------------------------------------------------------------
-    def _placeholder_regex(self) -> re.Pattern[str]:
+    def _placeholder_regex(self) -> re.Pattern[str] | None:
+        """Alternation of every known placeholder; ``None`` when there is none (text only)."""
         marks = {p.placeholder: m for m, p in self._plugged.items()}
         for m in self.hub.modalities():  # default placeholders of unplugged modalities are recognised too
             marks.setdefault(f"<{m}>", m)
         self._marks = marks
+        if not marks:
+            return None
         return re.compile("|".join(re.escape(k) for k in sorted(marks, key=len, reverse=True)))
 
     def _parts(self, prompt: Any, index: int, pools: dict[str, list[Any]]) -> list[tuple[str, Any]]:
@@ -274,7 +277,7 @@ class MultimodalLM:
             rx = self._placeholder_regex()
             parts: list[tuple[str, Any]] = []
             pos = 0
-            for match in rx.finditer(prompt):
+            for match in rx.finditer(prompt) if rx is not None else ():
                 if match.start() > pos:
                     parts.append(("text", prompt[pos : match.start()]))
                 modality = self._marks[match.group(0)]

@@ -199,3 +199,17 @@ def test_encoder_instances_are_saved_in_the_bundle(h, tmp_path):
     assert manifest["modalities"]["image"]["encoder"] == "hf-vision"
     assert manifest["modalities"]["image"]["encoder_dir"] == "encoders/image"
     assert torch.allclose(h.load(tmp_path / "b").forward("<image>", images=[img()]), before, atol=1e-6)
+
+
+def test_text_only_prompts_work_with_no_modality_installed():
+    """A hub with no modality plugins (MODALITY_HUB_PLUGINS=transformers) still runs text prompts."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("from hub import Hub; h = Hub(); assert h.modalities() == [], h.modalities(); "
+            "lm = h.attach('tiny-llama'); print(type(lm.generate('hello', max_new_tokens=2)).__name__)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "MODALITY_HUB_PLUGINS": "transformers"})
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "str"
