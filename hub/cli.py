@@ -210,7 +210,7 @@ def demo(repeat: int, pack: bool, budget: str) -> None:
         sys.exit(1)
 
 
-DEMO_QUERIES = ("the number seven", "a wheel graph", "a torus")
+DEMO_QUERIES = ("seven", "a wheel graph", "a torus")
 
 
 def _demo_pack(h: Hub, budget: str) -> int:
