@@ -40,13 +40,16 @@ import functools
 import math
 import os
 from pathlib import Path
-from typing import Annotated, Any, Callable, Literal
+from typing import Any, Callable, Literal
 
 import numpy as np
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
+from pydantic import Field
 from scipy.spatial.transform import Rotation
 
-from hub import AugmentationSpec, InvalidInputError, InvalidOptionsError, hookimpl
+from hub import AugmentationSpec, InvalidInputError, hookimpl
+from hub.augment import AugmentParams as _Params
+from hub.augment import parse_params
+from hub.augment import value_range as _range
 
 from ._io import BadItem, read_points
 
@@ -57,22 +60,6 @@ MESH_POINTS = 2048
 _AXES = {"x": 0, "y": 1, "z": 2}
 #: files read as meshes (sampled on the surface, face normals as channels 3-5)
 _MESH_FILES = (".ply", ".obj", ".off", ".stl")
-
-
-def _ordered(pair: tuple[float, float]) -> tuple[float, float]:
-    if pair[0] > pair[1]:
-        raise ValueError(f"a range is (low, high) with low <= high; got {pair}")
-    return pair
-
-
-def _range(**bounds: float) -> Any:
-    """A ``(low, high)`` pair, each bounded by ``bounds`` (``ge``, ``gt``, ``le``), low <= high."""
-    bound = Annotated[float, Field(**bounds)]
-    return Annotated[tuple[bound, bound], AfterValidator(_ordered)]
-
-
-class _Params(BaseModel):
-    model_config = ConfigDict(extra="forbid")
 
 
 _NORMALS = Field(None, description="treat channels 3-5 as normals (None: only for mesh items)")
@@ -130,14 +117,7 @@ def _augmentation(params: type[_Params]) -> Callable[[Callable[..., np.ndarray]]
     def wrap(impl: Callable[..., np.ndarray]) -> Callable[..., np.ndarray]:
         @functools.wraps(impl)
         def fn(item: Any, rng: np.random.Generator | int | None = None, **kwargs: Any) -> np.ndarray:
-            try:
-                p = params(**kwargs)
-            except ValidationError as exc:
-                problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-                raise InvalidOptionsError(
-                    f"invalid params for 3d augmentation {impl.__name__!r}: {problems}. "
-                    f"Accepted: {', '.join(params.model_fields)}"
-                ) from None
+            p = parse_params(params, kwargs, f"3d augmentation {impl.__name__!r}")
             rng = np.random.default_rng(rng)
             points, mesh_normals = read_cloud(item, rng)
             normals = mesh_normals if getattr(p, "normals", None) is None else bool(p.normals)

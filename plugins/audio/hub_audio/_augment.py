@@ -36,36 +36,23 @@ import functools
 import os
 from fractions import Fraction
 from pathlib import Path
-from typing import Annotated, Any, Callable, Literal
+from typing import Any, Callable, Literal
 
 import numpy as np
 import torch
 import torchaudio
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
+from pydantic import Field
 
-from hub import AugmentationSpec, InvalidInputError, InvalidOptionsError, hookimpl
+from hub import AugmentationSpec, InvalidInputError, hookimpl
+from hub.augment import AugmentParams as _Params
+from hub.augment import parse_params
+from hub.augment import value_range as _range
 
 from ._io import BadAudio, _raw, load_waveform
 
 __all__ = ["AUGMENTATIONS", "read_audio", "register_augmentations"]
 
 Audio = dict  # {"array": float32 (samples,), "sampling_rate": int}
-
-
-def _ordered(pair: tuple[float, float]) -> tuple[float, float]:
-    if pair[0] > pair[1]:
-        raise ValueError(f"a range is (low, high) with low <= high; got {pair}")
-    return pair
-
-
-def _range(**bounds: float) -> Any:
-    """A ``(low, high)`` pair, each bounded by ``bounds`` (``ge``, ``gt``, ``le``), low <= high."""
-    bound = Annotated[float, Field(**bounds)]
-    return Annotated[tuple[bound, bound], AfterValidator(_ordered)]
-
-
-class _Params(BaseModel):
-    model_config = ConfigDict(extra="forbid")
 
 
 # -- params ------------------------------------------------------------------------------------------
@@ -116,14 +103,7 @@ def _augmentation(params: type[_Params]) -> Callable[[Callable[..., np.ndarray]]
     def wrap(impl: Callable[..., np.ndarray]) -> Callable[..., Audio]:
         @functools.wraps(impl)
         def fn(item: Any, rng: np.random.Generator | int | None = None, **kwargs: Any) -> Audio:
-            try:
-                p = params(**kwargs)
-            except ValidationError as exc:
-                problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-                raise InvalidOptionsError(
-                    f"invalid params for audio augmentation {impl.__name__!r}: {problems}. "
-                    f"Accepted: {', '.join(params.model_fields)}"
-                ) from None
+            p = parse_params(params, kwargs, f"audio augmentation {impl.__name__!r}")
             audio = read_audio(item)
             out = impl(audio["array"], audio["sampling_rate"], np.random.default_rng(rng), p)
             return {"array": np.ascontiguousarray(out, dtype=np.float32), "sampling_rate": audio["sampling_rate"]}

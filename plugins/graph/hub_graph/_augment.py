@@ -38,11 +38,14 @@ from typing import Any, Callable, Literal
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import Field
 from torch_geometric.data import Data
-from torch_geometric.utils import k_hop_subgraph, subgraph as pyg_subgraph, to_undirected
+from torch_geometric.utils import k_hop_subgraph, to_undirected
+from torch_geometric.utils import subgraph as pyg_subgraph
 
-from hub import AugmentationSpec, InvalidInputError, InvalidOptionsError, hookimpl
+from hub import AugmentationSpec, InvalidInputError, hookimpl
+from hub.augment import AugmentParams as _Params
+from hub.augment import parse_params
 
 from ._items import ItemProblem, _fields, to_graph
 
@@ -52,10 +55,6 @@ __all__ = ["AUGMENTATIONS", "DEFAULT_IN_CHANNELS", "read_graph", "register_augme
 DEFAULT_IN_CHANNELS = 16
 #: up to this many nodes, new edges are drawn from the enumerated non-edges; above, by rejection
 _ENUMERATE_NODES = 1024
-
-
-class _Params(BaseModel):
-    model_config = ConfigDict(extra="forbid")
 
 
 # -- params ------------------------------------------------------------------------------------------
@@ -103,14 +102,7 @@ def _augmentation(params: type[_Params]) -> Callable[[Callable[..., Data]], Call
     def wrap(impl: Callable[..., Data]) -> Callable[..., Data]:
         @functools.wraps(impl)
         def fn(item: Any, rng: np.random.Generator | int | None = None, **kwargs: Any) -> Data:
-            try:
-                p = params(**kwargs)
-            except ValidationError as exc:
-                problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-                raise InvalidOptionsError(
-                    f"invalid params for graph augmentation {impl.__name__!r}: {problems}. "
-                    f"Accepted: {', '.join(params.model_fields)}"
-                ) from None
+            p = parse_params(params, kwargs, f"graph augmentation {impl.__name__!r}")
             return impl(read_graph(item), np.random.default_rng(rng), p)
 
         return fn

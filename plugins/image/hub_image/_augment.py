@@ -34,9 +34,12 @@ from typing import Annotated, Any, Callable, Literal
 
 import numpy as np
 from PIL import Image, ImageEnhance
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
+from pydantic import Field
 
-from hub import AugmentationSpec, InvalidInputError, InvalidOptionsError, hookimpl
+from hub import AugmentationSpec, InvalidInputError, hookimpl
+from hub.augment import AugmentParams as _Params
+from hub.augment import parse_params
+from hub.augment import value_range as _range
 
 from ._items import ImageItemError, to_rgb
 
@@ -48,22 +51,6 @@ _RESAMPLE: dict[str, Image.Resampling] = {
     "bilinear": Image.Resampling.BILINEAR,
     "bicubic": Image.Resampling.BICUBIC,
 }
-
-
-def _ordered(pair: tuple[float, float]) -> tuple[float, float]:
-    if pair[0] > pair[1]:
-        raise ValueError(f"a range is (low, high) with low <= high; got {pair}")
-    return pair
-
-
-def _range(**bounds: float) -> Any:
-    """A ``(low, high)`` pair, each bounded by ``bounds`` (``ge``, ``gt``, ``le``), low <= high."""
-    bound = Annotated[float, Field(**bounds)]
-    return Annotated[tuple[bound, bound], AfterValidator(_ordered)]
-
-
-class _Params(BaseModel):
-    model_config = ConfigDict(extra="forbid")
 
 
 # -- params ------------------------------------------------------------------------------------------
@@ -116,14 +103,7 @@ def _augmentation(params: type[_Params]) -> Callable[[Callable[..., Image.Image]
     def wrap(impl: Callable[..., Image.Image]) -> Callable[..., Image.Image]:
         @functools.wraps(impl)
         def fn(item: Any, rng: np.random.Generator | int | None = None, **kwargs: Any) -> Image.Image:
-            try:
-                p = params(**kwargs)
-            except ValidationError as exc:
-                problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-                raise InvalidOptionsError(
-                    f"invalid params for image augmentation {impl.__name__!r}: {problems}. "
-                    f"Accepted: {', '.join(params.model_fields)}"
-                ) from None
+            p = parse_params(params, kwargs, f"image augmentation {impl.__name__!r}")
             out = impl(_read(item), np.random.default_rng(rng), p)
             return out if out.mode == "RGB" else out.convert("RGB")
 
