@@ -183,7 +183,8 @@ def worker_main(tmp: Path) -> None:
 # -- the hub on ONNX Runtime -----------------------------------------------------------------------
 def bucketed(prepare: Callable, count: Callable, run_batch: Callable[[list[Any]], np.ndarray], dim: int,
              ) -> Callable[[list[str], int], np.ndarray]:
-    """The hub's serving loop: prepare each item, sort by token count, run batches, restore input order."""
+    """The hub's serving loop: prepare each item, sort by length (``length``, as Hub.embed does; a pooled
+    export yields 1 token per item, so ``num_tokens`` is no sort key), run batches, restore input order."""
     def encode(texts: list[str], batch: int) -> np.ndarray:
         prepared = [prepare(t, i) for i, t in enumerate(texts)]
         order = sorted(range(len(texts)), key=lambda i: count(prepared[i]))
@@ -198,7 +199,7 @@ def bucketed(prepare: Callable, count: Callable, run_batch: Callable[[list[Any]]
 
 def hub_onnx(onx) -> Callable[[list[str], int], np.ndarray]:
     """(c): OnnxEncoder as shipped (its own session options)."""
-    return bucketed(onx.prepare, onx.num_tokens, lambda p: onx.run(**onx.collate(p)).pooled().numpy(), onx.dim)
+    return bucketed(onx.prepare, onx.length, lambda p: onx.run(**onx.collate(p)).pooled().numpy(), onx.dim)
 
 
 def session(path: Path, threads: int):
@@ -226,7 +227,7 @@ def raw_session_encoder(onx, sess) -> Callable[[list[str], int], np.ndarray]:
         tokens, mask = result["tokens"], result["mask"].astype(np.float32)[..., None]  # (batch, seq, dim), (batch, seq, 1)
         return (tokens * mask).sum(1) / mask.sum(1).clip(min=1e-9)
 
-    return bucketed(onx.prepare, onx.num_tokens, run_batch, onx.dim)
+    return bucketed(onx.prepare, onx.length, run_batch, onx.dim)
 
 
 def optimize_bert(src: Path, dst: Path, num_heads: int, hidden: int) -> dict[str, int]:

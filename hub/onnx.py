@@ -672,6 +672,7 @@ class OnnxEncoder:
 
         self.directory = Path(directory)
         self.manifest = load_manifest(self.directory)
+        self._counter: Any = None
         self._verify_files()
         if not (device in ("cpu", "cuda", "auto") or str(device).startswith("cuda:")):
             raise InvalidInputError(f"device must be 'cpu', 'cuda', 'cuda:N' or 'auto'; got {device!r}")
@@ -757,9 +758,11 @@ class OnnxEncoder:
         if self.manifest.pooled:
             return 1
         if self.manifest.projector is not None:
-            from .projectors import Projector
+            if self._counter is None:  # built once: only its num_tokens() is used
+                from .projectors import Projector
 
-            return int(Projector.from_config(self.manifest.projector).num_tokens(n))
+                self._counter = Projector.from_config(self.manifest.projector)
+            return int(self._counter.num_tokens(n))
         return n
 
     def length(self, prepared: Any) -> int:
