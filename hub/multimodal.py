@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from .backbone import Backbone
 from .encoder import Encoder, describe_item
@@ -526,16 +526,10 @@ class MultimodalLM:
         """Load a bundle written by :meth:`save`."""
         from ._hub import Hub
 
+        from ._manifest import read_manifest
+
         root = Path(directory)
-        path = root / MANIFEST
-        if not path.is_file():
-            raise BundleError(f"{str(root)!r} is not a bundle: {MANIFEST} is missing")
-        try:
-            manifest = BundleManifest.model_validate_json(path.read_text())
-        except ValidationError as exc:
-            raise BundleError(f"{path}: invalid manifest: {exc.errors()[0]['loc']}: {exc.errors()[0]['msg']}") from None
-        if manifest.format != BUNDLE_FORMAT:
-            raise BundleError(f"{path}: bundle format {manifest.format}; this modality-hub reads format {BUNDLE_FORMAT}")
+        manifest = read_manifest(root / MANIFEST, BundleManifest, "a bundle", BUNDLE_FORMAT)
         hub = hub or Hub()
         ref = manifest.backbone
         source = str(root / ref.source) if ref.saved else ref.source

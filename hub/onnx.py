@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any, Iterator, Literal, Sequence
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict
 
 from .encoder import Encoder
 from .errors import BundleError, ExportError, HubError, InvalidInputError, ProviderError
@@ -144,18 +144,10 @@ class ExportManifest(BaseModel):
 
 def load_manifest(directory: str | os.PathLike) -> ExportManifest:
     """Read ``directory/manifest.json`` (a :class:`BundleError` naming the problem if it is not an export)."""
-    path = Path(directory) / MANIFEST_NAME
-    if not path.is_file():
-        raise BundleError(f"{str(Path(directory))!r} is not an ONNX export: {MANIFEST_NAME} is missing "
-                          "(write one with hub.onnx.export or `mhub export`)")
-    try:
-        manifest = ExportManifest.model_validate_json(path.read_text())
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        raise BundleError(f"{path}: invalid export manifest: {'.'.join(map(str, err['loc']))}: {err['msg']}") from None
-    if manifest.format != FORMAT:
-        raise BundleError(f"{path}: export format {manifest.format}; this modality-hub reads format {FORMAT}")
-    return manifest
+    from ._manifest import read_manifest
+
+    return read_manifest(Path(directory) / MANIFEST_NAME, ExportManifest, "an ONNX export", FORMAT,
+                         "write one with hub.onnx.export or `mhub export`")
 
 
 # -- hashes -----------------------------------------------------------------------------

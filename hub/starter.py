@@ -662,16 +662,11 @@ def load_starter_pack(directory: str | os.PathLike, *, hub: "Hub | None" = None)
     from .training import AlignResult, _resolve_hub
 
     hub = _resolve_hub(hub)
+    from ._manifest import read_manifest
+
     root = Path(directory)
-    path = root / PACK_MANIFEST
-    if not path.is_file():
-        raise BundleError(f"{str(root)!r} is not a starter pack: {PACK_MANIFEST} is missing; build it with build_starter_pack()")
-    try:
-        manifest = PackManifest.model_validate_json(path.read_text(encoding="utf-8"))
-    except ValueError as exc:
-        raise BundleError(f"{path}: invalid starter-pack manifest ({exc}); rebuild with force=True") from None
-    if manifest.format != PACK_FORMAT:
-        raise BundleError(f"{path}: format {manifest.format}; this modality-hub reads format {PACK_FORMAT}; rebuild")
+    manifest = read_manifest(root / PACK_MANIFEST, PackManifest, "a starter pack", PACK_FORMAT,
+                             "build it with build_starter_pack(); an invalid one rebuilds with force=True")
     results, datasets = {}, {}
     anchor = None
     for m, info in manifest.modalities.items():

@@ -765,16 +765,10 @@ class AlignResult:
     def load(cls, directory: str | os.PathLike, hub: "Hub | None" = None) -> "AlignResult":
         """Reload a directory written by :meth:`save` (the backbone of a caption alignment is not loaded)."""
         hub = _resolve_hub(hub)
+        from ._manifest import read_manifest
+
         root = Path(directory)
-        path = root / ALIGN_MANIFEST
-        if not path.is_file():
-            raise BundleError(f"{str(root)!r} is not an aligned projector: {ALIGN_MANIFEST} is missing")
-        try:
-            manifest = AlignManifest.model_validate_json(path.read_text(encoding="utf-8"))
-        except ValidationError as exc:
-            raise BundleError(f"{path}: invalid manifest: {exc.errors()[0]['loc']}: {exc.errors()[0]['msg']}") from None
-        if manifest.format != ALIGN_FORMAT:
-            raise BundleError(f"{path}: format {manifest.format}; this modality-hub reads format {ALIGN_FORMAT}")
+        manifest = read_manifest(root / ALIGN_MANIFEST, AlignManifest, "an aligned projector", ALIGN_FORMAT)
         options = dict(manifest.encoder_options)
         if manifest.encoder_dir:
             options["weights"] = str(root / manifest.encoder_dir)
