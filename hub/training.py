@@ -570,6 +570,64 @@ class _Masked(_Objective):
 OBJECTIVES: dict[str, type[_Objective]] = {"contrastive": _Contrastive, "masked": _Masked}
 
 
+def _train_epochs(
+    step: Callable[[list[int], np.random.Generator, torch.Generator], torch.Tensor],
+    *,
+    kind: str,
+    what: str,
+    n_items: int,
+    batch_size: int,
+    min_batch: int,
+    start: int,
+    epochs: int,
+    seed: int,
+    lr: float,
+    train: Sequence[torch.nn.Module],
+    optimizer: torch.optim.Optimizer,
+    root: Path | None,
+    modules: dict[str, torch.nn.Module],
+    config: BaseModel,
+    losses: list[float],
+    epoch_losses: list[float],
+    progress: bool,
+) -> Path | None:
+    """Epochs ``start..epochs-1`` of ``step(batch_indices, rng, gen) -> loss``; every random draw comes from
+    ``(seed, epoch)`` so a resumed run equals an uninterrupted one.  Appends to ``losses`` / ``epoch_losses``;
+    returns the last checkpoint written (``None`` without ``root``)."""
+    checkpoint = None
+    with torch.random.fork_rng(devices=[]):
+        for epoch in range(start, epochs):
+            epoch_seed = _epoch_seed(seed, epoch)
+            torch.manual_seed(epoch_seed)  # dropout and any other global-RNG draw of this epoch
+            rng = np.random.default_rng(epoch_seed)
+            gen = torch.Generator().manual_seed(epoch_seed)
+            batches = _batches(rng.permutation(n_items).tolist(), batch_size, min_batch)
+            for module in train:
+                module.train()
+            bar = _progress(len(batches), f"{what} epoch {epoch + 1}/{epochs}", progress)
+            run: list[float] = []
+            for batch in batches:
+                loss = step(batch, rng, gen)
+                if not torch.isfinite(loss):
+                    raise HubError(f"{kind} loss became {loss.item()} at epoch {epoch + 1}; lower lr (now {lr})")
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                run.append(float(loss.detach()))
+                bar.update(1)
+                bar.set_postfix(loss=f"{run[-1]:.4f}")
+            bar.close()
+            losses.extend(run)
+            epoch_losses.append(float(np.mean(run)))
+            if root is not None:
+                checkpoint = _save_checkpoint(root, modules, optimizer, {
+                    "kind": kind, "epoch": epoch + 1, "step": len(losses), "losses": losses,
+                    "epoch_losses": epoch_losses, "config": json.loads(config.model_dump_json()),
+                    "seeds": {"seed": seed, "epoch_seed": epoch_seed},
+                })
+    return checkpoint
+
+
 def pretrain(
     modality: str,
     items: Sequence[Any],
@@ -635,36 +693,13 @@ def pretrain(
 
     checkpoint = root / CHECKPOINT_DIR if root is not None and (root / CHECKPOINT_DIR).is_dir() else None
     try:
-        with torch.random.fork_rng(devices=[]):
-            for epoch in range(start, epochs):
-                epoch_seed = _epoch_seed(seed, epoch)
-                torch.manual_seed(epoch_seed)  # dropout and any other global-RNG draw of this epoch
-                rng = np.random.default_rng(epoch_seed)
-                gen = torch.Generator().manual_seed(epoch_seed)
-                batches = _batches(rng.permutation(len(items)).tolist(), batch_size, task_cls.min_batch)
-                enc.train()
-                head.train()
-                bar = _progress(len(batches), f"pretrain {modality} ({objective}) epoch {epoch + 1}/{epochs}", progress)
-                run: list[float] = []
-                for batch in batches:
-                    loss = task.loss(head, [items[i] for i in batch], rng, gen)
-                    if not torch.isfinite(loss):
-                        raise HubError(f"pretraining loss became {loss.item()} at epoch {epoch + 1}; lower lr (now {lr})")
-                    optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
-                    optimizer.step()
-                    run.append(float(loss.detach()))
-                    bar.update(1)
-                    bar.set_postfix(loss=f"{run[-1]:.4f}")
-                bar.close()
-                losses.extend(run)
-                epoch_losses.append(float(np.mean(run)))
-                if root is not None:
-                    checkpoint = _save_checkpoint(root, modules, optimizer, {
-                        "kind": "pretrain", "epoch": epoch + 1, "step": len(losses), "losses": losses,
-                        "epoch_losses": epoch_losses, "config": json.loads(config.model_dump_json()),
-                        "seeds": {"seed": seed, "epoch_seed": epoch_seed},
-                    })
+        checkpoint = _train_epochs(
+            lambda batch, rng, gen: task.loss(head, [items[i] for i in batch], rng, gen),
+            kind="pretrain", what=f"pretrain {modality} ({objective})", n_items=len(items), batch_size=batch_size,
+            min_batch=task_cls.min_batch, start=start, epochs=epochs, seed=seed, lr=lr, train=[enc, head],
+            optimizer=optimizer, root=root, modules=modules, config=config, losses=losses,
+            epoch_losses=epoch_losses, progress=progress,
+        ) or checkpoint
     finally:
         enc.eval()
         head.eval()
@@ -971,37 +1006,13 @@ def align(
         return TokenEmbeddings.from_list([cached[i] for i in batch], modality=modality, space=enc.space, pooling=enc.pooling)
 
     try:
-        with torch.random.fork_rng(devices=[]):
-            for epoch in range(start, epochs):
-                epoch_seed = _epoch_seed(seed, epoch)
-                torch.manual_seed(epoch_seed)
-                rng = np.random.default_rng(epoch_seed)
-                batches = _batches(rng.permutation(len(items)).tolist(), batch_size, 2)
-                proj.train()
-                if train_encoder:
-                    enc.train()
-                bar = _progress(len(batches), f"align {modality} ({objective}) epoch {epoch + 1}/{epochs}", progress)
-                run: list[float] = []
-                for batch in batches:
-                    projected = proj.project(batch_tokens(batch), task.space)
-                    loss = task.loss(projected, batch)
-                    if not torch.isfinite(loss):
-                        raise HubError(f"alignment loss became {loss.item()} at epoch {epoch + 1}; lower lr (now {lr})")
-                    optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
-                    optimizer.step()
-                    run.append(float(loss.detach()))
-                    bar.update(1)
-                    bar.set_postfix(loss=f"{run[-1]:.4f}")
-                bar.close()
-                losses.extend(run)
-                epoch_losses.append(float(np.mean(run)))
-                if root is not None:
-                    checkpoint = _save_checkpoint(root, modules, optimizer, {
-                        "kind": "align", "epoch": epoch + 1, "step": len(losses), "losses": losses,
-                        "epoch_losses": epoch_losses, "config": json.loads(config.model_dump_json()),
-                        "seeds": {"seed": seed, "epoch_seed": epoch_seed},
-                    })
+        checkpoint = _train_epochs(
+            lambda batch, rng, gen: task.loss(proj.project(batch_tokens(batch), task.space), batch),
+            kind="align", what=f"align {modality} ({objective})", n_items=len(items), batch_size=batch_size,
+            min_batch=2, start=start, epochs=epochs, seed=seed, lr=lr, train=[proj, enc] if train_encoder else [proj],
+            optimizer=optimizer, root=root, modules=modules, config=config, losses=losses,
+            epoch_losses=epoch_losses, progress=progress,
+        ) or checkpoint
     finally:
         proj.eval()
         enc.eval()
