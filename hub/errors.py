@@ -97,3 +97,11 @@ class ExportError(HubError, RuntimeError):
 
 class ProviderError(HubError, RuntimeError):
     """An ONNX Runtime execution provider that was asked for (e.g. CUDA) is not available or failed to load."""
+
+
+class CacheError(HubError, RuntimeError):
+    """The embedding cache (``hub.cache``) cannot be used: a bad location, option or a store it cannot open."""
+
+
+class CacheCorruptError(CacheError):
+    """An embedding cache row or file failed its integrity check (raised with ``on_corrupt="raise"``)."""
