@@ -8,6 +8,7 @@ message the encoder turns into an ``InvalidInputError`` naming the item.
 
 from __future__ import annotations
 
+import io
 import sys
 import warnings
 from pathlib import Path
@@ -15,7 +16,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-__all__ = ["BadItem", "FILE_SUFFIXES", "read_points", "is_point_cloud", "canonical_points"]
+__all__ = ["BadItem", "FILE_SUFFIXES", "BYTES_FORMATS", "read_points", "read_points_bytes", "is_point_cloud", "canonical_points"]
 
 #: widest float array that ``detect`` claims without ``modality="3d"`` (xyz + up to 13 channels)
 MAX_DETECT_COLUMNS = 16
@@ -148,6 +149,46 @@ READERS: dict[str, Callable[[Path, int, int], np.ndarray]] = {
     ".npy": _read_npy,
 }
 FILE_SUFFIXES = tuple(READERS)
+#: ``format`` values of :func:`read_points_bytes` (the file suffixes without the dot)
+BYTES_FORMATS = tuple(s.lstrip(".") for s in FILE_SUFFIXES)
+
+
+def read_points_bytes(data: bytes | str, format: str, count: int, seed: int) -> np.ndarray:
+    """File content with an explicit ``format`` (ply, obj, off, stl, xyz, npy) → float64 points (N, 3 + C).
+
+    The same readers as for files, for content that arrives without a file name (an HTTP
+    request, a database row): trimesh reads ply/obj/off/stl from a file object with
+    ``file_type=format``; meshes are sampled on their surface as files are.
+    """
+    fmt = str(format).lower().lstrip(".")
+    if fmt not in BYTES_FORMATS:
+        raise BadItem(f"unknown 3D format {format!r}; formats: {', '.join(BYTES_FORMATS)}")
+    if isinstance(data, str):
+        data = data.encode("utf-8")
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise BadItem(f"{fmt} content must be bytes, got {type(data).__name__}")
+    data = bytes(data)
+    if not data:
+        raise BadItem(f"empty {fmt} content")
+    if fmt == "npy":
+        try:
+            array = np.load(io.BytesIO(data), allow_pickle=False)
+        except (ValueError, OSError, EOFError) as exc:
+            raise BadItem(f"cannot read as .npy (pickled and object arrays are refused): {exc}") from None
+        return _from_array(array)
+    if fmt == "xyz":
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise BadItem(f"xyz content is not UTF-8 text ({exc})") from None
+        return _read_xyz(text.splitlines(), count, seed)  # type: ignore[arg-type]  (loadtxt reads a list of lines)
+    import trimesh
+
+    try:
+        geometry = trimesh.load(io.BytesIO(data), file_type=fmt)
+    except Exception as exc:  # noqa: BLE001 - trimesh's parsers raise anything on corrupt content
+        raise BadItem(f"cannot read as .{fmt} (corrupt or unsupported content): {type(exc).__name__}: {exc}") from None
+    return _from_trimesh(geometry, count, seed)
 
 
 def read_points(item: Any, count: int, seed: int) -> np.ndarray:
@@ -160,6 +201,12 @@ def read_points(item: Any, count: int, seed: int) -> np.ndarray:
         if reader is None:
             raise BadItem(f"cannot read {item.suffix or 'extension-less'} files as 3D; readable: {', '.join(FILE_SUFFIXES)}")
         return reader(item, count, seed)
+    if isinstance(item, dict) and "format" in item:
+        unknown = sorted(map(str, set(item) - {"data", "format"}))
+        if unknown or "data" not in item:
+            raise BadItem(f"a 3D content dict takes exactly 'data' (bytes) and 'format' ({', '.join(BYTES_FORMATS)}); "
+                          f"got keys {sorted(map(str, item))}")
+        return read_points_bytes(item["data"], item["format"], count, seed)
     if isinstance(item, str):
         if Path(item).suffix.lower() in READERS:
             raise BadItem("no such file")

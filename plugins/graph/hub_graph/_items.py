@@ -39,7 +39,9 @@ __all__ = [
     "FILE_READERS",
     "FILE_SUFFIXES",
     "STRUCTURAL_FEATURES",
+    "TEXT_FORMATS",
     "ItemProblem",
+    "read_graph_text",
     "structural_features",
     "to_graph",
 ]
@@ -95,6 +97,41 @@ FILE_READERS: dict[str, tuple[str, Callable[[Path], nx.Graph]]] = {
     ".graphml": ("GraphML", nx.read_graphml),
     ".gml": ("GML", _read_gml),
 }
+
+
+#: ``format`` of :func:`read_graph_text` -> (name in messages, parser of a str)
+TEXT_FORMATS: dict[str, tuple[str, Callable[[str], nx.Graph]]] = {
+    "graphml": ("GraphML", nx.parse_graphml),
+    "gml": ("GML", lambda text: nx.parse_gml(text, label=None)),
+    "edgelist": ("edge list", lambda text: nx.parse_edgelist(text.splitlines(), data=False, create_using=nx.DiGraph)),
+}
+
+
+def read_graph_text(data: str | bytes, format: str) -> nx.Graph:
+    """Parse graph file content with an explicit ``format`` (``graphml``, ``gml`` or ``edgelist``).
+
+    The same networkx parsers as the file readers (``.graphml``, ``.gml``, ``.edgelist``), for
+    content that arrives without a file name (an HTTP request, a database row).  ``bytes`` must
+    be UTF-8.  Raises :class:`ItemProblem` saying what is wrong.
+    """
+    fmt = str(format).lower().lstrip(".")
+    if fmt not in TEXT_FORMATS:
+        raise ItemProblem(f"unknown graph format {format!r}", f"format one of {', '.join(TEXT_FORMATS)}")
+    if isinstance(data, (bytes, bytearray, memoryview)):
+        try:
+            data = bytes(data).decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise ItemProblem(f"{fmt} content is not UTF-8 ({exc})") from None
+    if not isinstance(data, str):
+        raise ItemProblem(f"{fmt} content must be str or bytes, got {type(data).__name__}")
+    if not data.strip():
+        raise ItemProblem(f"empty {fmt} content")
+    kind, parser = TEXT_FORMATS[fmt]
+    try:
+        return parser(data)
+    except Exception as exc:  # noqa: BLE001 - any parser failure means unreadable content
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        raise ItemProblem(f"cannot read as {kind} ({type(exc).__name__}: {first})") from None
 
 
 def _read_file(path: Path) -> nx.Graph:
@@ -282,6 +319,12 @@ def _fields(item: Any) -> dict[str, Any]:
                 "num_nodes": explicit if explicit is not None else n}
     if isinstance(item, nx.Graph):
         return _from_networkx(item)
+    if isinstance(item, dict) and "format" in item and "edge_index" not in item:
+        unknown = sorted(map(str, set(item) - {"data", "format"}))
+        if unknown or "data" not in item:
+            raise ItemProblem(f"a graph content dict takes exactly 'data' and 'format' (got keys {sorted(map(str, item))})",
+                              f"{{'data': str, 'format': one of {', '.join(TEXT_FORMATS)}}}")
+        return _from_networkx(read_graph_text(item["data"], item["format"]), from_file=True)
     if isinstance(item, dict):
         unknown = sorted(map(str, set(item) - set(DICT_KEYS)))
         if unknown:
