@@ -1,0 +1,269 @@
+"""The FastAPI app: ``create_app(models, config)``.
+
+Routes: ``POST /v1/embeddings`` (and ``/embeddings``), ``GET /v1/models``, ``GET /health/live``,
+``GET /health/ready``, ``GET /metrics``.  A request goes: gate (drain, auth, body size) →
+envelope validation → item caps → per item, in the model's prepare thread: decode, limits,
+``encoder.prepare`` (a bad item fails its own request, naming ``input[i]``) → the model's
+batcher → pooled vectors (normalized unless ``normalize: false``) in OpenAI's shape.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import time
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import torch
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+from pydantic import ValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.concurrency import run_in_threadpool
+
+from ..errors import HubError
+from .batcher import Batcher, ItemResult
+from .config import ServeConfig
+from .decode import RawItem, split_input, to_hub_item
+from .errors import ApiError, envelope
+from .gate import Gate, GateState
+from .metrics import CONTENT_TYPE_LATEST, Metrics
+from .models import ServedModel
+from .schemas import EmbeddingRequest, EmbeddingResponse, ErrorBody, ModelCard, ModelList
+
+__all__ = ["create_app", "ServerCore"]
+
+#: responses above this many floats are serialized in a worker thread, off the event loop
+_BIG_RESPONSE = 50_000
+
+
+class ServerCore:
+    """Everything a running app holds: models, batchers, prepare threads, metrics, gate state."""
+
+    def __init__(self, models: Sequence[ServedModel], config: ServeConfig) -> None:
+        self.cfg = config
+        self.models = {m.alias: m for m in models}
+        if not self.models:
+            raise ApiError(500, "no models to serve", reason="internal")
+        self.metrics = Metrics()
+        self.gate = GateState()
+        self.batchers = {a: Batcher(a, m.encoder, config, self.metrics) for a, m in self.models.items()}
+        self.prepare_pools = {a: ThreadPoolExecutor(config.prepare_threads, thread_name_prefix=f"mhub-prep-{a}")
+                              for a in self.models}
+        self.created = int(time.time())
+
+    # -- health ------------------------------------------------------------------------------
+    def readiness(self) -> tuple[bool, dict[str, Any]]:
+        now = time.monotonic()
+        workers = {}
+        for alias, b in self.batchers.items():
+            workers[alias] = {"alive": b.alive(), "queued_items": b.queued_items,
+                              "last_heartbeat_s": round(now - b.last_beat, 3),
+                              "busy_s": round(now - b.busy_since, 3) if b.busy_since else 0.0}
+        ready = not self.gate.draining and all(w["alive"] for w in workers.values())
+        self.metrics.ready.set(1 if ready else 0)
+        return ready, {"ready": ready, "draining": self.gate.draining, "models": workers}
+
+    def reject(self, err: ApiError) -> None:
+        self.metrics.rejections.labels(err.reason).inc()
+
+    # -- embeddings ----------------------------------------------------------------------------
+    def model_for(self, req: EmbeddingRequest) -> ServedModel:
+        model = self.models.get(req.model)
+        if model is None:
+            raise ApiError(404, f"model {req.model!r} is not served here; served models: "
+                           f"{', '.join(sorted(self.models))} (GET /v1/models)", param="model",
+                           reason="unknown_model", code="model_not_found")
+        if req.dimensions is not None:
+            dims = model.matryoshka_dims
+            if not dims:
+                raise ApiError(400, f"model {req.model!r} does not support 'dimensions': its encoder declares no "
+                               f"Matryoshka training, so truncated vectors would be meaningless. Omit 'dimensions' "
+                               f"to get all {model.dim}", param="dimensions", reason="invalid_request")
+            if req.dimensions not in dims:
+                raise ApiError(400, f"model {req.model!r} supports dimensions {dims}, not {req.dimensions}",
+                               param="dimensions", reason="invalid_request")
+        return model
+
+    def prepare(self, model: ServedModel, raws: list[RawItem]) -> tuple[list[Any], list[int], list[int]]:
+        """In the model's prepare thread: decode, check limits and ``prepare`` every item."""
+        enc = model.encoder
+        prepared, lengths, counts = [], [], []
+        for raw in raws:
+            item = to_hub_item(raw, self.cfg)
+            try:
+                p = enc.prepare(item, raw.index)
+                lengths.append(model.length(p))
+                counts.append(int(enc.num_tokens(p)))
+            except HubError as exc:
+                raise ApiError(400, f"{raw.param}: {exc}", param=raw.param, reason="invalid_input",
+                               code=type(exc).__name__) from None
+            except Exception as exc:  # noqa: BLE001 - a plugin bug still names the item and spares the server
+                raise ApiError(400, f"{raw.param}: {getattr(enc, 'name', 'the encoder')} could not read it: "
+                               f"{type(exc).__name__}: {exc}", param=raw.param, reason="invalid_input") from None
+            prepared.append(p)
+        return prepared, lengths, counts
+
+    async def embed(self, req: EmbeddingRequest, model: ServedModel) -> bytes:
+        raws = split_input(req.input, req.modality, self.cfg)
+        for raw in raws:
+            if raw.modality != model.modality:
+                others = sorted(a for a, m in self.models.items() if m.modality == raw.modality)
+                raise ApiError(400, f"{raw.param} is a {raw.modality} item but model {req.model!r} embeds "
+                               f"{model.modality}; {raw.modality} models here: {', '.join(others) or 'none'}",
+                               param=raw.param, reason="invalid_input", code="modality_mismatch")
+        batcher = self.batchers[req.model]
+        loop = asyncio.get_running_loop()
+        batcher.incoming += 1
+        try:
+            prepared, lengths, counts = await loop.run_in_executor(self.prepare_pools[req.model], self.prepare,
+                                                                   model, raws)
+        finally:
+            batcher.incoming -= 1
+        order = sorted(range(len(prepared)), key=lengths.__getitem__)  # shorter first: less padding per batch
+        future = batcher.submit([prepared[i] for i in order], [lengths[i] for i in order], req.return_tokens)
+        results: list[ItemResult] = await future
+        by_input: list[ItemResult] = [None] * len(order)  # type: ignore[list-item]
+        for r, i in enumerate(order):
+            by_input[i] = results[r]
+        self.metrics.items.labels(req.model, model.modality).inc(len(by_input))
+        if len(by_input) * model.dim > _BIG_RESPONSE:
+            return await run_in_threadpool(self.response_body, req, model, by_input, counts)
+        return self.response_body(req, model, by_input, counts)
+
+    @staticmethod
+    def response_body(req: EmbeddingRequest, model: ServedModel, results: list[ItemResult], counts: list[int]) -> bytes:
+        vectors = torch.stack([r.pooled for r in results])  # (n, dim)
+        if req.dimensions is not None:
+            vectors = vectors[:, : req.dimensions]
+        if req.normalize:
+            vectors = torch.nn.functional.normalize(vectors, p=2, dim=-1)
+        arr = vectors.numpy().astype("<f4", copy=False)
+        data = []
+        for i, r in enumerate(results):
+            row: dict[str, Any] = {"object": "embedding", "index": i}
+            row["embedding"] = (base64.b64encode(arr[i].tobytes()).decode("ascii") if req.encoding_format == "base64"
+                                else arr[i].tolist())
+            if req.return_tokens and r.tokens is not None:
+                row["tokens"] = base64.b64encode(np.ascontiguousarray(r.tokens.numpy(), dtype="<f4").tobytes()).decode()
+                row["num_tokens"] = int(r.tokens.shape[0])
+            data.append(row)
+        total = int(sum(counts))
+        usage = {"prompt_tokens": total, "total_tokens": total, "tokens_by_modality": {model.modality: total}}
+        return json.dumps({"object": "list", "data": data, "model": req.model, "usage": usage}).encode()
+
+
+def _error_response(err: ApiError) -> JSONResponse:
+    return JSONResponse(err.body(), status_code=err.status, headers=err.headers)
+
+
+async def _parse(request: Request) -> EmbeddingRequest:
+    body = await request.body()
+    try:
+        payload = json.loads(body) if len(body) < 256 * 1024 else await run_in_threadpool(json.loads, body)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ApiError(400, f"the request body is not valid JSON ({exc})", reason="invalid_request") from None
+    if not isinstance(payload, dict):
+        raise ApiError(422, "the request body must be a JSON object with 'model' and 'input'", reason="invalid_request")
+    try:
+        return EmbeddingRequest.model_validate(payload)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        param = ".".join(str(x) for x in err.get("loc", ())) or None
+        raise ApiError(422, f"{param or 'body'}: {err.get('msg')}", param=param, reason="invalid_request") from None
+
+
+def create_app(models: Sequence[ServedModel] | Mapping[str, Any], config: ServeConfig | None = None) -> FastAPI:
+    """The server app for ``models`` (``ServedModel`` s, or a mapping of model id → encoder)."""
+    cfg = config or ServeConfig()
+    if isinstance(models, Mapping):
+        models = [ServedModel(alias, enc, alias) for alias, enc in models.items()]
+    core = ServerCore(list(models), cfg)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        for b in core.batchers.values():
+            b.start()
+        core.readiness()
+        try:
+            yield
+        finally:
+            for b in core.batchers.values():
+                await b.stop()
+            for pool in core.prepare_pools.values():
+                pool.shutdown(wait=False, cancel_futures=True)
+
+    app = FastAPI(title="modality-hub embeddings", version="1", lifespan=lifespan,
+                  description="OpenAI-compatible embeddings for text, image, audio, graph and 3D items")
+    app.state.core = core
+
+    @app.exception_handler(ApiError)
+    async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
+        core.reject(exc)
+        return _error_response(exc)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        err = ApiError(exc.status_code, f"{request.method} {request.url.path}: {exc.detail}", reason="not_found")
+        core.reject(err)
+        return _error_response(err)
+
+    body_schema = {"requestBody": {"required": True, "content": {"application/json": {
+        "schema": EmbeddingRequest.model_json_schema()}}}}
+    errors = {s: {"model": ErrorBody} for s in (400, 401, 404, 413, 422, 429, 503)}
+
+    async def embeddings(request: Request) -> Response:
+        start, modality, status = time.perf_counter(), "none", 200
+        try:
+            req = await _parse(request)
+            model = core.model_for(req)
+            modality = model.modality
+            body = await core.embed(req, model)
+            return Response(body, media_type="application/json")
+        except ApiError as exc:
+            status = exc.status
+            core.reject(exc)
+            return _error_response(exc)
+        except Exception as exc:  # noqa: BLE001 - never let one request take the server down
+            status = 500
+            err = ApiError(500, f"internal error: {type(exc).__name__}: {exc}", reason="internal")
+            core.reject(err)
+            return _error_response(err)
+        finally:
+            core.metrics.latency.labels(modality, str(status)).observe(time.perf_counter() - start)
+
+    for path in ("/v1/embeddings", "/embeddings"):
+        app.add_api_route(path, embeddings, methods=["POST"], response_model=EmbeddingResponse, responses=errors,
+                          openapi_extra=body_schema, summary="Embed items of any modality (OpenAI's shape)",
+                          include_in_schema=path.startswith("/v1"))
+
+    @app.get("/v1/models", response_model=ModelList)
+    async def list_models() -> ModelList:
+        limits = {k: v for k, v in cfg.model_dump().items() if k.startswith("max_")}
+        return ModelList(data=[
+            ModelCard(id=a, created=core.created, encoder=str(getattr(m.encoder, "name", a)), modality=m.modality,
+                      dim=m.dim, space=m.space, runtime=m.runtime, device=m.device, matryoshka_dims=m.matryoshka_dims,
+                      limits=limits)
+            for a, m in core.models.items()])
+
+    @app.get("/health/live")
+    async def live() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/health/ready")
+    async def ready() -> JSONResponse:
+        ok, detail = core.readiness()
+        return JSONResponse(detail, status_code=200 if ok else 503)
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        core.readiness()
+        return Response(core.metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
+    app.add_middleware(Gate, state=core.gate, api_key=cfg.api_key, max_body_bytes=cfg.max_body_bytes,
+                       on_reject=core.reject)
+    return app

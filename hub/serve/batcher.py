@@ -1,0 +1,234 @@
+"""Dynamic batching for one served encoder: a bounded queue and a worker thread.
+
+Requests arrive already prepared (``encoder.prepare`` ran per item, so a bad item never
+reaches a batch) with each item's length (the token count that sets padding, known before
+running).  The worker coroutine cuts batches from the queue in arrival order:
+
+* by a **cost budget**: ``items x longest item's length <= max_batch_cost`` (padding counts),
+  and at most ``max_batch_items`` items; a request may be split across batches;
+* after a **short wait** (``max_wait_ms``) for more items, but only while other requests for
+  this encoder are still being prepared: with nothing on the way, a batch runs at once;
+* with batching off, each batch holds one request's items.
+
+Batches run in a dedicated thread (``collate`` + ``forward`` under ``inference_mode``), off
+the event loop.  If a batch that holds several requests fails, each request's items are run
+again on their own so only the request at fault fails.
+
+**Heartbeat**: the thread stamps ``last_beat`` when a batch starts and ends, and an idle
+worker sends it a no-op every ``heartbeat_interval_s``; a worker silent for longer than
+``heartbeat_timeout_s`` (stuck in a batch) is not :meth:`alive`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from .config import ServeConfig
+from .errors import ApiError
+from .metrics import Metrics
+
+__all__ = ["Batcher", "ItemResult"]
+
+
+@dataclass
+class ItemResult:
+    """One item's output: its pooled vector (not normalized) and, when asked for, its tokens."""
+
+    pooled: torch.Tensor  # (dim,) float32
+    tokens: torch.Tensor | None  # (T, dim) float32, unpadded
+
+
+@dataclass
+class _Job:
+    prepared: list[Any]
+    lengths: list[int]
+    want_tokens: bool
+    future: asyncio.Future
+    results: list[ItemResult | None] = field(default_factory=list)
+    next: int = 0
+    remaining: int = 0
+
+
+class Batcher:
+    """Queue + worker for one encoder; :meth:`submit` returns a future of per-item results."""
+
+    def __init__(self, name: str, encoder: Any, config: ServeConfig, metrics: Metrics) -> None:
+        self.name, self.encoder, self.cfg, self.metrics = name, encoder, config, metrics
+        self._jobs: deque[_Job] = deque()
+        self.queued_items = 0
+        self.incoming = 0  # requests for this encoder being prepared (they are about to be submitted)
+        self._wake: asyncio.Event | None = None
+        self._task: asyncio.Task | None = None
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"mhub-batch-{name}")
+        self.last_beat = time.monotonic()
+        self.busy_since: float | None = None
+        self._rate = 0.0  # items/s, exponential moving average over batches
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    def start(self) -> None:
+        self._wake = asyncio.Event()
+        self.last_beat = time.monotonic()
+        self._task = asyncio.get_running_loop().create_task(self._loop(), name=f"mhub-batcher-{self.name}")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except (asyncio.CancelledError, Exception):  # noqa: BLE001 - shutting down
+                pass
+        for job in self._jobs:
+            if not job.future.done():
+                job.future.set_exception(ApiError(503, "the server is shutting down", reason="draining"))
+        self._jobs.clear()
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+    def alive(self) -> bool:
+        """The worker answered its heartbeat within ``heartbeat_timeout_s`` (and its loop runs)."""
+        if self._task is None or self._task.done():
+            return False
+        return time.monotonic() - self.last_beat < self.cfg.heartbeat_timeout_s
+
+    # -- submitting ----------------------------------------------------------------------------
+    def retry_after(self, extra: int = 0) -> int:
+        """Seconds until the queue has likely drained enough for ``extra`` more items (1..60)."""
+        rate = self._rate if self._rate > 0 else 1.0
+        return int(min(60, max(1, math.ceil((self.queued_items + extra) / rate))))
+
+    def submit(self, prepared: list[Any], lengths: list[int], want_tokens: bool) -> asyncio.Future:
+        """Queue one request's prepared items (a 429 :class:`ApiError` when the queue is full)."""
+        n = len(prepared)
+        if self.queued_items + n > self.cfg.max_queue_items:
+            raise ApiError(429, f"model {self.name!r} is at capacity ({self.queued_items} items queued, limit "
+                           f"{self.cfg.max_queue_items}); retry later", reason="queue_full", code="queue_full",
+                           headers={"Retry-After": str(self.retry_after(n))})
+        job = _Job(prepared, lengths, want_tokens, asyncio.get_running_loop().create_future(), [None] * n, 0, n)
+        self._jobs.append(job)
+        self.queued_items += n
+        self.metrics.queue_depth.labels(self.name).set(self.queued_items)
+        assert self._wake is not None
+        self._wake.set()
+        return job.future
+
+    # -- the worker ----------------------------------------------------------------------------
+    def _full(self) -> bool:
+        return self.queued_items >= self.cfg.max_batch_items
+
+    async def _wait(self, timeout: float) -> bool:
+        assert self._wake is not None
+        self._wake.clear()
+        try:
+            await asyncio.wait_for(self._wake.wait(), timeout)
+            return True
+        except asyncio.TimeoutError:
+            return False
+
+    async def _loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            if not self._jobs:
+                if not await self._wait(self.cfg.heartbeat_interval_s):
+                    await loop.run_in_executor(self._executor, self._beat)
+                continue
+            if self.cfg.batching and self.cfg.max_wait_ms > 0:
+                deadline = loop.time() + self.cfg.max_wait_ms / 1000
+                while self.incoming > 0 and not self._full() and (left := deadline - loop.time()) > 0:
+                    await self._wait(left)
+            batch = self._cut()
+            if not batch:
+                continue
+            try:
+                out = await loop.run_in_executor(self._executor, self._run, batch)
+            except Exception as exc:  # noqa: BLE001 - isolate: rerun each request's items alone
+                jobs = list(dict.fromkeys(job for job, _ in batch))
+                if len(jobs) == 1:
+                    self._fail(jobs[0], exc)
+                    continue
+                for job in jobs:
+                    own = [(j, i) for j, i in batch if j is job]
+                    try:
+                        self._deliver(own, await loop.run_in_executor(self._executor, self._run, own))
+                    except Exception as exc2:  # noqa: BLE001
+                        self._fail(job, exc2)
+                continue
+            self._deliver(batch, out)
+
+    def _beat(self) -> None:
+        self.last_beat = time.monotonic()
+
+    def _cut(self) -> list[tuple[_Job, int]]:
+        """Take items in arrival order while ``items x longest <= max_batch_cost``."""
+        batch: list[tuple[_Job, int]] = []
+        longest = 0
+        cfg = self.cfg
+        while self._jobs:
+            job = self._jobs[0]
+            if job.future.done():  # the client went away: drop what is left of it
+                self._jobs.popleft()
+                self.queued_items -= len(job.prepared) - job.next
+                continue
+            while job.next < len(job.prepared):
+                length = max(longest, int(job.lengths[job.next]))
+                if batch and (len(batch) >= cfg.max_batch_items or (len(batch) + 1) * length > cfg.max_batch_cost):
+                    break
+                batch.append((job, job.next))
+                job.next += 1
+                longest = length
+            if job.next < len(job.prepared):
+                break
+            self._jobs.popleft()
+            if not cfg.batching:
+                break
+        self.queued_items -= len(batch)
+        self.metrics.queue_depth.labels(self.name).set(self.queued_items)
+        if batch:
+            self.metrics.batch_size.labels(self.name).observe(len(batch))
+            self.metrics.batch_cost.labels(self.name).observe(len(batch) * longest)
+        return batch
+
+    def _run(self, batch: list[tuple[_Job, int]]) -> tuple[torch.Tensor, list[torch.Tensor | None]]:
+        """In the worker thread: collate + forward; the pooled rows and the tokens wanted."""
+        start = self.last_beat = self.busy_since = time.monotonic()
+        try:
+            enc = self.encoder
+            tensors = enc.collate([job.prepared[i] for job, i in batch])
+            device = getattr(enc, "device", None)
+            if device is not None:
+                tensors = {k: v.to(device) for k, v in tensors.items()}
+            with torch.inference_mode():
+                te = enc(**tensors)
+                pooled = te.pooled().float().cpu()  # (batch, dim)
+                tokens = [te[r].float().cpu() if job.want_tokens else None for r, (job, _) in enumerate(batch)]
+            return pooled, tokens
+        finally:
+            now = self.last_beat = time.monotonic()
+            self.busy_since = None
+            took = max(now - start, 1e-6)
+            self.metrics.batch_seconds.labels(self.name).observe(took)
+            rate = len(batch) / took
+            self._rate = rate if self._rate == 0 else 0.8 * self._rate + 0.2 * rate
+
+    def _deliver(self, batch: list[tuple[_Job, int]], out: tuple[torch.Tensor, list[torch.Tensor | None]]) -> None:
+        pooled, tokens = out
+        for r, (job, i) in enumerate(batch):
+            job.results[i] = ItemResult(pooled[r], tokens[r])
+            job.remaining -= 1
+            if job.remaining == 0 and not job.future.done():
+                job.future.set_result(job.results)
+
+    def _fail(self, job: _Job, exc: Exception) -> None:
+        # drop the rest of a failed request that is still queued
+        if job in self._jobs:
+            self._jobs.remove(job)
+            self.queued_items -= len(job.prepared) - job.next
+            self.metrics.queue_depth.labels(self.name).set(self.queued_items)
+        if not job.future.done():
+            job.future.set_exception(exc)
