@@ -66,6 +66,7 @@ class ServerCore:
                               "busy_s": round(now - b.busy_since, 3) if b.busy_since else 0.0}
         ready = not self.gate.draining and all(w["alive"] for w in workers.values())
         self.metrics.ready.set(1 if ready else 0)
+        self.metrics.in_flight.set(self.gate.in_flight)
         return ready, {"ready": ready, "draining": self.gate.draining, "models": workers}
 
     def reject(self, err: ApiError) -> None:

@@ -46,7 +46,7 @@ class ItemResult:
     tokens: torch.Tensor | None  # (T, dim) float32, unpadded
 
 
-@dataclass
+@dataclass(eq=False)  # identity: jobs are compared and hashed as objects
 class _Job:
     prepared: list[Any]
     lengths: list[int]
@@ -143,23 +143,30 @@ class Batcher:
                 while self.incoming > 0 and not self._full() and (left := deadline - loop.time()) > 0:
                     await self._wait(left)
             batch = self._cut()
-            if not batch:
-                continue
-            try:
-                out = await loop.run_in_executor(self._executor, self._run, batch)
-            except Exception as exc:  # noqa: BLE001 - isolate: rerun each request's items alone
-                jobs = list(dict.fromkeys(job for job, _ in batch))
-                if len(jobs) == 1:
-                    self._fail(jobs[0], exc)
-                    continue
-                for job in jobs:
-                    own = [(j, i) for j, i in batch if j is job]
-                    try:
-                        self._deliver(own, await loop.run_in_executor(self._executor, self._run, own))
-                    except Exception as exc2:  # noqa: BLE001
-                        self._fail(job, exc2)
-                continue
-            self._deliver(batch, out)
+            if batch:
+                try:
+                    await self._execute(batch)
+                except Exception as exc:  # noqa: BLE001 - a bug here must fail requests, not stop the worker
+                    for job in dict.fromkeys(job for job, _ in batch):
+                        self._fail(job, exc)
+
+    async def _execute(self, batch: list[tuple[_Job, int]]) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            out = await loop.run_in_executor(self._executor, self._run, batch)
+        except Exception as exc:  # noqa: BLE001 - isolate: rerun each request's items alone
+            jobs = list(dict.fromkeys(job for job, _ in batch))
+            if len(jobs) == 1:
+                self._fail(jobs[0], exc)
+                return
+            for job in jobs:
+                own = [(j, i) for j, i in batch if j is job]
+                try:
+                    self._deliver(own, await loop.run_in_executor(self._executor, self._run, own))
+                except Exception as exc2:  # noqa: BLE001
+                    self._fail(job, exc2)
+            return
+        self._deliver(batch, out)
 
     def _beat(self) -> None:
         self.last_beat = time.monotonic()
