@@ -330,6 +330,10 @@ def test_skip_errors_and_options_validation(hub, tmp_path):
     assert te2.indices == [0, 2] and torch.equal(te.tokens, te2.tokens)
     with pytest.raises(CacheError, match="cache must be"):
         hub.embed(["x"], encoder="tiny-bert", cache=3)
+    import pickle
+
+    clone = pickle.loads(pickle.dumps(store))  # e.g. handed to worker processes
+    assert clone.get_many(list(keys_for(hub.encoder("tiny-bert"), {0: hub.encoder("tiny-bert").prepare("fine")}).values()))
     with pytest.raises(CacheError, match="dtype"):
         EmbeddingCache(tmp_path / "x.sqlite", dtype="int8")
 

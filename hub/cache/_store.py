@@ -122,6 +122,12 @@ class EmbeddingCache:
         self._conn: sqlite3.Connection | None = None
         self._pid = -1
 
+    def __getstate__(self) -> dict:  # picklable (multiprocessing, Ray): the connection is reopened there
+        return {k: v for k, v in self.__dict__.items() if k not in ("_lock", "_conn", "_pid")}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state, _lock=threading.RLock(), _conn=None, _pid=-1)
+
     def __repr__(self) -> str:
         return f"EmbeddingCache({str(self.path)!r}, dtype={self.dtype!r}, max_bytes={self.max_bytes})"
 
