@@ -105,3 +105,12 @@ class CacheError(HubError, RuntimeError):
 
 class CacheCorruptError(CacheError):
     """An embedding cache row or file failed its integrity check (raised with ``on_corrupt="raise"``)."""
+
+
+class UntrainedWeightsWarning(UserWarning):
+    """An untrained preset (``EncoderSpec.pretrained=False``, random-init weights) embedded items.
+
+    Warned once per encoder name per process (see ``hub._untrained``); its vectors are fine for
+    tests and demos but carry no meaning. Silence it with
+    ``warnings.filterwarnings("ignore", category=UntrainedWeightsWarning)``.
+    """

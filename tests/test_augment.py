@@ -1,10 +1,10 @@
 """Augmentations registered by the image, audio, graph and 3d plugins (issue 6).
 
 Generic checks run for every registered augmentation (parametrized over the
-registry, so a new one gets them automatically): the output is a valid item of
-the same modality that the demo encoder embeds, sizes are kept where they
-should be, the result is seeded, the input is untouched, and bad params / bad
-items raise typed errors.  Semantic checks follow per modality.
+registry, so a new one gets them automatically): ``hub.testing.AugmentationConformance``
+(params validated, input untouched, the output a valid item of the same modality that
+the demo encoder embeds, seeded, bad items refused), then the canonical output form and
+sizes kept where they should be.  Semantic checks follow per modality.
 """
 
 from __future__ import annotations
@@ -26,7 +26,8 @@ import hub_3d._augment
 import hub_audio._augment
 import hub_graph._augment
 import hub_image._augment
-from hub import Hub, InvalidInputError, InvalidOptionsError, Registry
+from hub import Hub, InvalidOptionsError, Registry
+from hub.testing import AugmentationConformance, same_item
 from hub_3d import sample_item
 from hub_audio import examples as audio_examples
 from hub_image._items import sample_image
@@ -86,17 +87,6 @@ BAD_ITEMS = {
     "graph": {"edge_index": np.array([[0], [5]]), "num_nodes": 2},
     "3d": np.full((10, 3), np.nan, dtype=np.float32),
 }
-
-
-def _same(a, b) -> bool:
-    """Exact equality of two items of one modality."""
-    if isinstance(a, Image.Image):
-        return a.size == b.size and np.array_equal(np.asarray(a), np.asarray(b))
-    if isinstance(a, dict):
-        return a["sampling_rate"] == b["sampling_rate"] and np.array_equal(a["array"], b["array"])
-    if isinstance(a, Data):
-        return a.num_nodes == b.num_nodes and torch.equal(a.x, b.x) and torch.equal(a.edge_index, b.edge_index)
-    return a.shape == b.shape and np.array_equal(a, b)
 
 
 def _size(modality: str, item) -> object:
@@ -185,60 +175,54 @@ def test_output_is_a_valid_item_of_the_modality(key, outputs):
             assert _size(modality, out) == _size(modality, item), f"{key} must keep the size"
 
 
-@pytest.mark.parametrize("key", KEYS)
-def test_demo_encoder_embeds_the_output(key, outputs):
-    modality = key.split("/")[0]
-    te = HUB.embed(outputs[key], modality=modality, encoder=HUB.registry.modality(modality).demo_encoder)
-    assert te.tokens.shape[0] == 2 and bool(torch.isfinite(te.tokens[te.mask]).all())
+class TestConformance(AugmentationConformance):
+    """The contract every augmentation keeps (CONTRIBUTING.md, "Testing an augmentation")."""
+
+    registry = HUB.registry
+
+    @pytest.fixture(params=KEYS)
+    def augmentation(self, request):
+        return request.param
+
+    @pytest.fixture
+    def items(self, augmentation):
+        return _items(augmentation.split("/")[0])
+
+    @pytest.fixture
+    def bad_items(self, augmentation):
+        return [BAD_ITEMS[augmentation.split("/")[0]]]
 
 
-@pytest.mark.parametrize("key", KEYS)
-def test_seeded(key, outputs):
-    modality, name = key.split("/")
-    for item, first in zip(_items(modality), outputs[key]):
-        assert _same(first, HUB.augment(item, name, modality=modality, seed=0)), "same seed, different output"
-        assert _same(first, HUB.augment(item, name, modality=modality, rng=np.random.default_rng(0)))
-        others = [HUB.augment(item, name, modality=modality, seed=s) for s in (1, 2)]
-        assert not all(_same(first, o) for o in others), "different seeds gave the same output"
-
-
-@pytest.mark.parametrize("key", KEYS)
-def test_input_not_modified(key):
-    modality, name = key.split("/")
-    for item in _items(modality):
-        before = copy.deepcopy(item)
-        HUB.augment(item, name, modality=modality, seed=3)
-        if isinstance(item, nx.Graph):
-            assert nx.utils.graphs_equal(item, before)
-        elif isinstance(item, trimesh.Trimesh):
-            assert np.array_equal(item.vertices, before.vertices) and np.array_equal(item.faces, before.faces)
-        elif isinstance(item, tuple):
-            assert torch.equal(item[0], before[0]) and item[1] == before[1]
-        elif isinstance(item, dict):
-            for k, v in before.items():
-                assert np.array_equal(np.asarray(item[k]), np.asarray(v))
-        else:
-            assert _same(item, before)
-
-
-@pytest.mark.parametrize("key", KEYS)
-def test_bad_params_raise_invalid_options(key):
-    modality, name = key.split("/")
-    item = _items(modality)[0]
-    with pytest.raises(InvalidOptionsError, match="bogus"):
-        HUB.augment(item, name, modality=modality, bogus=1)
-    for field in HUB.registry.augmentation(modality, name).params.model_fields:
-        with pytest.raises(InvalidOptionsError, match=field):
-            HUB.augment(item, name, modality=modality, **{field: "nonsense"})
-        with pytest.raises(InvalidOptionsError):  # the fn validates too, when called directly
-            HUB.registry.augmentation(modality, name).fn(item, np.random.default_rng(0), **{field: "nonsense"})
-
-
-@pytest.mark.parametrize("key", KEYS)
-def test_bad_item_raises_invalid_input(key):
-    modality, name = key.split("/")
-    with pytest.raises(InvalidInputError):
-        HUB.augment(BAD_ITEMS[modality], name, modality=modality, seed=0)
+def test_same_item_sees_in_place_changes():
+    """The conformance suite's deep comparison catches a change in each item kind used above."""
+    for modality in MODULES:
+        for item in _items(modality):
+            before = copy.deepcopy(item)
+            assert same_item(item, before)
+    g = nx.karate_club_graph()
+    before = copy.deepcopy(g)
+    g.nodes[0]["club"] = "Officer"
+    assert not same_item(g, before)
+    box = trimesh.creation.box()
+    before = copy.deepcopy(box)
+    box.vertices[0, 0] += 1
+    assert not same_item(box, before)
+    clip = _items("audio")[0]
+    before = copy.deepcopy(clip)
+    clip["array"][5] += 0.5
+    assert not same_item(clip, before)
+    pair = _items("audio")[1]
+    before = copy.deepcopy(pair)
+    pair[0][0, 0] = 9.0
+    assert not same_item(pair, before)
+    img = sample_image()
+    before = img.copy()
+    img.putpixel((0, 0), (1, 2, 3))
+    assert not same_item(img, before)
+    data = hub_graph._augment.read_graph(nx.cycle_graph(4))
+    before = copy.deepcopy(data)
+    data.x[0, 0] += 1
+    assert not same_item(data, before)
 
 
 OUT_OF_RANGE = [
@@ -263,7 +247,7 @@ def test_out_of_range_params(modality, name, params):
 def test_chained_augmentations_are_seeded():
     img = sample_image()
     a = HUB.augment(img, ["crop", "jigsaw", "colour_jitter"], seed=7)
-    assert _same(a, HUB.augment(img, ["crop", "jigsaw", "colour_jitter"], seed=7))
+    assert same_item(a, HUB.augment(img, ["crop", "jigsaw", "colour_jitter"], seed=7))
     assert a.size == img.size
 
 
