@@ -312,18 +312,20 @@ def check_output_valid(spec: Any, items: Sequence[Any], hub: Hub | None = None, 
 def check_augmentation_seeded(spec: Any, items: Sequence[Any], same: Any = None, seeds: Sequence[int] = (0, 1, 2, 3),
                               expect_random: bool = True, **_: Any) -> None:
     """The same seed gives the same output (and ``seed=s`` equals ``rng=default_rng(s)``); with
-    ``expect_random`` another seed changes the output of every item."""
+    ``expect_random`` other seeds change the output of at least one item (an item may leave no
+    room, e.g. dropping columns of a one-column row)."""
     import numpy as np
 
     same = same or same_item
+    varied = False
     for i, item in enumerate(items):
         first = _apply(spec, item, seed=seeds[0])
         assert same(first, _apply(spec, item, seed=seeds[0])), f"item {i}: seed {seeds[0]} twice gave two outputs"
         assert same(first, _apply(spec, item, rng=np.random.default_rng(seeds[0]))), (
             f"item {i}: rng=default_rng({seeds[0]}) differs from seed={seeds[0]}; draw randomness only from rng")
-        if expect_random and len(seeds) > 1:
-            assert not all(same(first, _apply(spec, item, seed=s)) for s in seeds[1:]), (
-                f"item {i}: seeds {list(seeds)} all gave the same output; does fn use rng?")
+        varied = varied or not all(same(first, _apply(spec, item, seed=s)) for s in seeds[1:])
+    if expect_random and len(seeds) > 1:
+        assert varied, f"seeds {list(seeds)} gave the same output for every item; does fn use rng?"
 
 
 def check_augmentation_bad_items(spec: Any, items: Sequence[Any], bad_items: Sequence[Any] = (), **_: Any) -> None:

@@ -37,3 +37,30 @@ def test_contributing_shows_the_example_files_verbatim():
     for rel in ("examples/plugin/pyproject.toml", "examples/plugin/hub_example/__init__.py"):
         assert rel in blocks, f"CONTRIBUTING.md lacks the block for {rel}"
         assert blocks[rel] == (ROOT / rel).read_text(encoding="utf-8"), f"CONTRIBUTING.md's copy of {rel} is stale"
+
+
+def test_example_series_examples_are_seeded_and_varied(hub):
+    mod = hub.registry.modality("series")
+    a, b = mod.examples(8, 0), mod.examples(8, 0)
+    assert all(np.array_equal(x, y) for x, y in zip(a, b))
+    assert not all(np.array_equal(x, y) for x, y in zip(a, mod.examples(8, 1)))
+    assert len({len(x) for x in a}) >= 4 and all(hub.detect(x) == "series" for x in a)
+
+
+@pytest.mark.parametrize("options,pooled", [({}, False), ({"patch": 3, "dim": 8}, True)])
+def test_example_plugin_exports_to_onnx(hub, tmp_path, options, pooled):
+    """CONTRIBUTING's plugin exports as shipped: its collate key ``mask`` is also an output name."""
+    from hub.onnx import OnnxEncoder, export
+
+    m = export("series", tmp_path / "series", options=options, pooled=pooled, hub=hub)
+    assert m.parity.passed
+    assert [s.name for s in m.inputs] == ["patches", "input_mask"]  # renamed: 'mask' names an output
+    oe = OnnxEncoder(tmp_path / "series", hub=hub)
+    items = hub.registry.modality("series").examples(9, 42)
+    ref = hub.encoder("series-patch", **options).encode(items)
+    got = oe.encode(items)
+    if pooled:
+        torch.testing.assert_close(got.pooled(), ref.pooled(), rtol=0, atol=1e-4)
+    else:
+        assert torch.equal(got.mask, ref.mask)
+        torch.testing.assert_close(got.tokens[ref.mask], ref.tokens[ref.mask], rtol=0, atol=1e-4)

@@ -72,11 +72,22 @@ class SeriesEncoder(Encoder):
         return self.tokens(self.proj(patches), mask)  # (batch, tokens, dim)
 
 
+def examples(n: int, seed: int = 0) -> list[np.ndarray]:
+    """``n`` valid series of varied lengths (2 to 49 values), the same for the same seed.
+
+    ``hub.onnx.export`` needs them: it collates batches of them to find the dimensions that
+    vary (batch, patches) and checks ONNX Runtime against PyTorch on fresh ones.
+    """
+    rng = np.random.default_rng(seed)
+    lengths = 2 + (np.arange(n) * 11 + int(rng.integers(48))) % 48  # a spread of sizes, not one size
+    return [np.cumsum(rng.standard_normal(int(k))).astype(np.float32) for k in lengths]  # random walks
+
+
 @hookimpl
 def register_modalities(register):
     register(Modality(
         name="series", accepts=ACCEPTS, detect=is_series, default_encoder="series-patch",
-        sample=lambda: np.sin(np.linspace(0, 6.28, 32)).astype(np.float32),
+        sample=lambda: np.sin(np.linspace(0, 6.28, 32)).astype(np.float32), examples=examples,
         description="1-D numeric series (example plugin)",
     ))
 
