@@ -61,7 +61,7 @@ class ServerCore:
         now = time.monotonic()
         workers = {}
         for alias, b in self.batchers.items():
-            workers[alias] = {"alive": b.alive(), "queued_items": b.queued_items,
+            workers[alias] = {"alive": b.alive(), "queued_items": b.queued_items, "preparing_items": b.reserved_items,
                               "last_heartbeat_s": round(now - b.last_beat, 3),
                               "busy_s": round(now - b.busy_since, 3) if b.busy_since else 0.0}
         ready = not self.gate.draining and all(w["alive"] for w in workers.values())
@@ -118,11 +118,15 @@ class ServerCore:
                                f"{model.modality}; {raw.modality} models here: {', '.join(others) or 'none'}",
                                param=raw.param, reason="invalid_input", code="modality_mismatch")
         batcher = self.batchers[req.model]
+        batcher.admit(len(raws))  # 429 now, before decoding, when the queue is full
         loop = asyncio.get_running_loop()
         batcher.incoming += 1
         try:
             prepared, lengths, counts = await loop.run_in_executor(self.prepare_pools[req.model], self.prepare,
                                                                    model, raws)
+        except BaseException:
+            batcher.release(len(raws))
+            raise
         finally:
             batcher.incoming -= 1
         order = sorted(range(len(prepared)), key=lengths.__getitem__)  # shorter first: less padding per batch

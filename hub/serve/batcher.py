@@ -64,6 +64,7 @@ class Batcher:
         self.name, self.encoder, self.cfg, self.metrics = name, encoder, config, metrics
         self._jobs: deque[_Job] = deque()
         self.queued_items = 0
+        self.reserved_items = 0  # admitted items still being prepared
         self.incoming = 0  # requests for this encoder being prepared (they are about to be submitted)
         self._wake: asyncio.Event | None = None
         self._task: asyncio.Task | None = None
@@ -101,15 +102,28 @@ class Batcher:
     def retry_after(self, extra: int = 0) -> int:
         """Seconds until the queue has likely drained enough for ``extra`` more items (1..60)."""
         rate = self._rate if self._rate > 0 else 1.0
-        return int(min(60, max(1, math.ceil((self.queued_items + extra) / rate))))
+        return int(min(60, max(1, math.ceil((self.queued_items + self.reserved_items + extra) / rate))))
+
+    def admit(self, n: int) -> None:
+        """Reserve room for a request's ``n`` items before they are prepared, or refuse it with 429.
+
+        Items being prepared count against ``max_queue_items`` too, so under overload the work a
+        server has accepted stays bounded and refusals are answered at once, before any decoding.
+        """
+        if self.queued_items + self.reserved_items + n > self.cfg.max_queue_items:
+            raise ApiError(429, f"model {self.name!r} is at capacity ({self.queued_items + self.reserved_items} items "
+                           f"queued or being prepared, limit {self.cfg.max_queue_items}); retry later",
+                           reason="queue_full", code="queue_full", headers={"Retry-After": str(self.retry_after(n))})
+        self.reserved_items += n
+
+    def release(self, n: int) -> None:
+        """Give back an admitted request's reservation (its items failed to prepare)."""
+        self.reserved_items -= n
 
     def submit(self, prepared: list[Any], lengths: list[int], want_tokens: bool) -> asyncio.Future:
-        """Queue one request's prepared items (a 429 :class:`ApiError` when the queue is full)."""
+        """Queue one admitted request's prepared items (its reservation becomes queued items)."""
         n = len(prepared)
-        if self.queued_items + n > self.cfg.max_queue_items:
-            raise ApiError(429, f"model {self.name!r} is at capacity ({self.queued_items} items queued, limit "
-                           f"{self.cfg.max_queue_items}); retry later", reason="queue_full", code="queue_full",
-                           headers={"Retry-After": str(self.retry_after(n))})
+        self.reserved_items -= n
         job = _Job(prepared, lengths, want_tokens, asyncio.get_running_loop().create_future(), [None] * n, 0, n)
         self._jobs.append(job)
         self.queued_items += n

