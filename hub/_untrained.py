@@ -21,11 +21,14 @@ _warned: set[str] = set()
 
 
 def is_untrained(encoder: Any) -> bool:
-    """An encoder the registry marked ``pretrained=False`` whose weights are a random init (or unnamed)."""
-    if getattr(encoder, "pretrained", True) is not False:
-        return False
-    weights = getattr(encoder, "weights", None)
-    return weights is None or str(weights).startswith("random-init")
+    """An encoder the registry marked ``pretrained=False`` whose weights are a random init (or unnamed);
+    or one that says nothing about ``pretrained`` (an ``OnnxEncoder``) whose weights are a random init."""
+    weights = getattr(encoder, "weights", None) or getattr(getattr(encoder, "manifest", None), "weights", None)
+    random_init = weights is not None and str(weights).startswith("random-init")
+    pretrained = getattr(encoder, "pretrained", None)
+    if pretrained is None:
+        return random_init
+    return pretrained is False and (weights is None or random_init)
 
 
 def _message(encoder: Any, registry: Any) -> str:

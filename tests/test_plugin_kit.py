@@ -277,6 +277,17 @@ def test_untrained_preset_warns_once_per_encoder_per_process(hub, kit):
     assert len(_untrained_warnings(record)) == 1
 
 
+def test_an_export_of_an_untrained_preset_warns_too(kit, tmp_path):
+    export("tabular", tmp_path / "tab", hub=kit)
+    _untrained.reset()
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        kit.embed(rows(kit, 3), runtime="onnx", onnx_dir=tmp_path / "tab")
+        kit.embed(rows(kit, 3), runtime="onnx", onnx_dir=tmp_path / "tab")
+    got = _untrained_warnings(record)
+    assert len(got) == 1 and "'tabular-hash' (tabular) is an untrained preset" in got[0]
+
+
 def test_pretrained_and_trained_encoders_do_not_warn(hub):
     _untrained.reset()
     with warnings.catch_warnings(record=True) as record:
@@ -287,6 +298,8 @@ def test_pretrained_and_trained_encoders_do_not_warn(hub):
     assert not _untrained.is_untrained(trained)  # an untrained preset given trained weights (weights=DIR)
     assert _untrained.is_untrained(SimpleNamespace(name="gin", modality="graph", pretrained=False,
                                                    weights="random-init(seed=0)"))
+    assert not _untrained.is_untrained(SimpleNamespace(name="x", pretrained=True, weights="random-init(seed=0)"))
+    assert not _untrained.is_untrained(SimpleNamespace(name="x", manifest=SimpleNamespace(weights="org/model")))
 
 
 def test_untrained_warning_is_thread_safe():
