@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
-PLUGINS  := plugins/text plugins/image plugins/audio plugins/graph plugins/3d adapters/transformers
+PLUGINS  := plugins/text plugins/image plugins/audio plugins/graph plugins/3d plugins/starter adapters/transformers
 EXAMPLES := examples/plugin
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_NO_ADVISORY_WARNINGS := 1
@@ -15,9 +15,9 @@ $(VENV)/.installed: pyproject.toml constraints-dev.txt Makefile $(foreach p,$(PL
 	command -v espeak-ng >/dev/null || (apt-get update -qq && apt-get install -y -qq espeak-ng) \
 	  || echo "warning: install espeak-ng (apt-get install espeak-ng) for the starter pack's spoken words"
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PIP) install -q --upgrade pip "setuptools>=70,<82" wheel
+	$(PIP) install -q --upgrade pip "setuptools>=77,<82" wheel
 	$(PIP) install -q -c constraints-dev.txt torch torchaudio
-	$(PIP) install -q -c constraints-dev.txt --no-build-isolation -e ".[test,onnx,starter]" $(foreach p,$(PLUGINS) $(EXAMPLES),-e $(p))
+	$(PIP) install -q -c constraints-dev.txt --no-build-isolation -e ".[test,onnx,starter,serve,ray,datasets]" $(foreach p,$(PLUGINS) $(EXAMPLES),-e $(p))
 	touch $@
 
 install: $(VENV)/.installed

@@ -31,8 +31,7 @@ from .errors import (
     WeightsNotFoundError,
 )
 from .hookspecs import hookimpl
-from .multimodal import MultimodalLM
-from .projectors import Projector, ProjectorConfig, build_projector
+from .lm import MultimodalLM, Projector, ProjectorConfig, build_projector
 from .specs import AugmentationSpec, BackboneSpec, EncoderSpec, Modality, PluginInfo
 from .tokens import SkippedItem, TokenEmbeddings
 

@@ -11,6 +11,8 @@ import torch
 from tqdm.auto import tqdm
 
 from ._registry import Registry, default_registry
+from .detect import accepts_table, as_path, check_file
+from .detect import detect as detect_modality
 from .encoder import Encoder, describe_item
 from .errors import (
     AmbiguousModalityError,
@@ -23,7 +25,7 @@ from .specs import Modality
 from .tokens import SkippedItem, TokenEmbeddings
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .multimodal import MultimodalLM
+    from .lm import MultimodalLM
 
 __all__ = ["Hub"]
 
@@ -36,25 +38,7 @@ ENV_CACHE = "MODALITY_HUB_CACHE"
 PROGRESS_MIN_BATCHES = 8
 
 
-def _as_path(item: Any) -> Path | None:
-    """A ``Path`` when ``item`` names a file (or a directory, to be refused); else ``None``.
-
-    ``pathlib.Path`` objects always count as paths.  A ``str`` counts when it
-    names an existing file, or an existing directory written with a path
-    separator ("data/", "/tmp/x") — a bare word is text even if a folder of
-    that name happens to exist in the working directory.
-    """
-    if isinstance(item, os.PathLike):
-        return Path(item)
-    if isinstance(item, str) and item and len(item) < 4096 and "\n" not in item:
-        try:
-            if os.path.isfile(item):
-                return Path(item)
-            if os.path.isdir(item) and (os.sep in item or item in (".", "..")):
-                return Path(item)
-        except (OSError, ValueError):
-            return None
-    return None
+_as_path = as_path  # the name the CLI and older code use
 
 
 class Hub:
@@ -74,12 +58,15 @@ class Hub:
         *,
         device: str | torch.device | None = None,
         cache_dir: str | os.PathLike | None = None,
+        cache: Any = None,
     ) -> None:
         self.registry = registry or default_registry()
         self.device = torch.device(device) if device is not None else None
         self.cache_dir = Path(cache_dir or os.environ.get(ENV_CACHE) or Path.home() / ".cache" / "modality-hub")
         self._encoders: dict[tuple[str, str], Encoder] = {}
         self._onnx: dict[str, Any] = {}
+        #: default for ``embed(cache=...)``: None/False off, True ``cache_dir/embeddings.sqlite``, a path, or an EmbeddingCache
+        self.cache = cache
 
     # -- discovery -----------------------------------------------------------
     def modalities(self) -> list[str]:
@@ -94,12 +81,17 @@ class Hub:
         """Every plugin seen, with what it registered or the error it raised."""
         return self.registry.plugins()
 
-    def encoder(self, name: str | None = None, *, modality: str | None = None, **options: Any) -> Encoder:
-        """The encoder ``name`` (or ``modality``'s default), built once per options and cached."""
+    def encoder(self, name: str | os.PathLike | None = None, *, modality: str | None = None, **options: Any) -> Encoder:
+        """The encoder ``name`` (or ``modality``'s default), built once per options and cached.
+
+        ``name`` may also be a directory written by ``align`` (an aligned encoder: the encoder and its
+        projector, vectors in the aligned space)."""
         if name is None:
             if modality is None:
                 raise UnknownModalityError("encoder() needs an encoder name or modality=")
             name = self.registry.modality(modality).default_encoder
+        if self._is_aligned(name):
+            return self._aligned(name, modality, options)
         spec = self.registry.encoder_spec(name)
         if modality is not None and spec.modality != modality:
             raise InvalidInputError(
@@ -121,6 +113,61 @@ class Hub:
             self._encoders[key] = enc
         return enc
 
+    @staticmethod
+    def _is_aligned(name: Any) -> bool:
+        from .train import is_aligned_dir
+
+        return not (isinstance(name, str) and "/" not in name and os.sep not in name) and is_aligned_dir(name)
+
+    def _aligned(self, directory: Any, modality: str | None, options: dict[str, Any]) -> Encoder:
+        """An aligned directory as an encoder (cached per directory)."""
+        from .train import aligned_encoder
+
+        if options:
+            raise InvalidInputError(f"an aligned directory ({str(directory)!r}) takes no encoder options; got {sorted(options)}")
+        key = (f"aligned:{Path(directory).resolve()}", "{}")
+        enc = self._encoders.get(key)
+        if enc is None:
+            enc = aligned_encoder(directory, registry=self.registry).eval()
+            if self.device is not None:
+                enc = enc.to(self.device)
+            self._encoders[key] = enc
+        if modality is not None and enc.modality != modality:
+            raise InvalidInputError(f"{str(directory)!r} aligns {enc.modality!r}, not {modality!r}")
+        return enc
+
+    def _load_aligned(self, directory: Any) -> Encoder:
+        """A fresh aligned encoder from ``directory`` (for plugging: never the hub's cached instance)."""
+        from .train import aligned_encoder, is_aligned_dir
+
+        if not is_aligned_dir(directory):
+            raise InvalidInputError(f"{str(directory)!r} is not an aligned directory (no align.json); write one with align")
+        return aligned_encoder(directory, registry=self.registry)
+
+    def _aligned_onnx(self, aligned: Any, directory: Any, device: str):
+        """An aligned directory served by ONNX Runtime: encoder and projector in one graph, exported once."""
+        import hashlib
+
+        from . import onnx as hub_onnx
+
+        if directory is None:
+            key = hashlib.sha256(str(Path(aligned).resolve()).encode()).hexdigest()[:12]
+            directory = self.cache_dir / "onnx" / f"aligned-{key}"
+            if not (Path(directory) / "manifest.json").is_file():
+                enc = self._aligned(aligned, None, {})
+                tqdm.write(f"exporting {str(aligned)!r} to ONNX in {directory} (first use; checked against PyTorch)")
+                hub_onnx.export(enc.modality, directory, bundle=aligned, with_projector=True, registry=self.registry)
+        cache_key = f"{Path(directory).resolve()}|{device}"
+        if cache_key not in self._onnx:
+            self._onnx[cache_key] = hub_onnx.OnnxEncoder(directory, device=device, registry=self.registry)
+        return self._onnx[cache_key]
+
+    def encoder_modality(self, encoder: Any) -> str:
+        """The modality of encoder ``encoder`` (a registered name or an aligned directory)."""
+        if self._is_aligned(encoder):
+            return self._aligned(encoder, None, {}).modality
+        return self.registry.encoder_spec(encoder).modality
+
     def onnx_encoder(self, name: str | None = None, *, modality: str | None = None,
                      directory: str | os.PathLike | None = None, device: str = "cpu", **options: Any):
         """An :class:`hub.onnx.OnnxEncoder` for encoder ``name`` (or ``modality``'s default).
@@ -134,6 +181,8 @@ class Hub:
             if modality is None:
                 raise UnknownModalityError("onnx_encoder() needs an encoder name or modality=")
             name = self.registry.modality(modality).default_encoder
+        if self._is_aligned(name):
+            return self._aligned_onnx(name, directory, device)
         spec = self.registry.encoder_spec(name)
         if directory is None:
             import hashlib
@@ -142,10 +191,10 @@ class Hub:
             directory = self.cache_dir / "onnx" / f"{spec.name}-{key}"
             if not (Path(directory) / "manifest.json").is_file():
                 tqdm.write(f"exporting {spec.name} to ONNX in {directory} (first use; checked against PyTorch)")
-                hub_onnx.export(spec.modality, directory, encoder=name, options=options, hub=self)
+                hub_onnx.export(spec.modality, directory, encoder=name, options=options, registry=self.registry, hub=self)
         key = f"{Path(directory).resolve()}|{device}"
         if key not in self._onnx:
-            self._onnx[key] = hub_onnx.OnnxEncoder(directory, device=device, hub=self)
+            self._onnx[key] = hub_onnx.OnnxEncoder(directory, device=device, registry=self.registry, hub=self)
         enc = self._onnx[key]
         if enc.manifest.encoder != spec.name or enc.modality != spec.modality:
             raise InvalidInputError(
@@ -160,62 +209,15 @@ class Hub:
     # -- detection -----------------------------------------------------------
     def detect(self, item: Any) -> str:
         """The modality of ``item``: files by suffix, other items by each modality's ``detect``."""
-        mods = [self.registry.modality(m) for m in self.modalities()]
-        path = _as_path(item)
-        if path is not None:
-            return self._detect_file(path, item, mods)
-        claims = []
-        for m in mods:
-            if m.detect is None:
-                continue
-            try:
-                if m.detect(item):
-                    claims.append(m.name)
-            except Exception:  # noqa: BLE001 - a detector that cannot tell does not claim
-                continue
-        if len(claims) == 1:
-            return claims[0]
-        if not claims:
-            raise UnknownModalityError(
-                f"no installed modality accepts {describe_item(item)}. {self._accepts_table(mods)}"
-            )
-        raise AmbiguousModalityError(
-            f"{describe_item(item)} is accepted by several modalities ({', '.join(claims)}); pass modality=..."
-        )
+        return detect_modality(self.registry, item)
 
     @staticmethod
     def _check_file(path: Path, item: Any) -> None:
-        if path.is_dir():
-            raise InvalidInputError(
-                f"{describe_item(item)} is a directory; pass the files in it, "
-                f"e.g. sorted(Path({str(path)!r}).glob('*.png'))"
-            )
-        if not path.is_file():
-            raise InvalidInputError(f"{describe_item(item)}: no such file")
-
-    def _detect_file(self, path: Path, item: Any, mods: list[Modality]) -> str:
-        self._check_file(path, item)
-        suffix = path.suffix.lower()
-        claims = [m.name for m in mods if suffix in m.extensions]
-        if len(claims) == 1:
-            return claims[0]
-        if not claims:
-            raise UnknownModalityError(
-                f"{describe_item(item)}: no installed modality reads {suffix or 'extension-less'} files. "
-                + "; ".join(f"{m.name}: {', '.join(m.extensions) or 'no files'}" for m in mods)
-            )
-        raise AmbiguousModalityError(
-            f"{describe_item(item)}: {suffix} files are read by several modalities ({', '.join(claims)}); "
-            "pass modality=..."
-        )
+        check_file(path, item)
 
     @staticmethod
     def _accepts_table(mods: list[Modality]) -> str:
-        if not mods:
-            return "No modality plugins are installed (see `mhub plugins`)."
-        return "Installed modalities accept: " + "; ".join(
-            f"{m.name}: {', '.join(m.accepts)}" for m in mods
-        )
+        return accepts_table(mods)
 
     # -- embedding -----------------------------------------------------------
     def embed(
@@ -231,6 +233,7 @@ class Hub:
         runtime: Literal["torch", "onnx"] = "torch",
         onnx_dir: str | os.PathLike | None = None,
         onnx_device: str = "cpu",
+        cache: Any = None,
     ) -> TokenEmbeddings:
         """Embed items as tokens.
 
@@ -245,6 +248,10 @@ class Hub:
         ``runtime="onnx"`` runs the encoder's graph in ONNX Runtime: from
         ``onnx_dir`` (an export of this encoder), or from the hub's cache,
         exporting it there (with its parity check) on first use.
+
+        ``cache`` (default: the hub's ``Hub(cache=...)``): ``True`` for ``cache_dir/embeddings.sqlite``,
+        a path, an :class:`hub.cache.EmbeddingCache`, or ``False``.  Prepared items found there are not
+        run again; the rest run as usual and are stored (see :mod:`hub.cache`).
         """
         if runtime not in ("torch", "onnx"):
             raise InvalidInputError(f"runtime must be 'torch' or 'onnx', got {runtime!r}")
@@ -265,7 +272,7 @@ class Hub:
 
         # 1. which modality / encoder
         if encoder is not None:
-            modality = modality or self.registry.encoder_spec(encoder).modality
+            modality = modality or self.encoder_modality(encoder)
         alive = []
         for i, x in enumerate(batch):
             try:
@@ -296,6 +303,9 @@ class Hub:
             enc = self.encoder(encoder, modality=modality, **(options or {}))
         if enc is None:  # every item failed detection
             return self._empty(errors)
+        from ._untrained import warn_untrained
+
+        warn_untrained(enc, self.registry)  # once per untrained preset per process, naming trained alternatives
 
         # 2. per-item preprocessing, errors tied to the item
         prepared: dict[int, Any] = {}
@@ -313,21 +323,26 @@ class Hub:
         if not prepared:
             return self._empty(errors, enc)
 
-        # 3. length-bucketed batches, then back to input order
-        order = sorted(prepared, key=lambda i: enc.length(prepared[i]))
-        chunks = [order[s : s + batch_size] for s in range(0, len(order), batch_size)]
-        show = progress if progress is not None else len(chunks) >= PROGRESS_MIN_BATCHES
-        parts = []
-        device = enc.device
-        with torch.inference_mode():
-            for chunk in tqdm(chunks, desc=f"embed {modality} ({enc.name})", unit="batch", disable=not show):
-                tensors = {k: v.to(device) for k, v in enc.collate([prepared[i] for i in chunk]).items()}
-                te = enc(**tensors)
-                te.indices = list(chunk)
-                parts.append(te)
-        out = TokenEmbeddings.cat(parts)
-        rows = sorted(range(len(out.indices)), key=lambda r: out.indices[r])
-        out = out.select(rows)
+        # 3. length-bucketed batches, then back to input order (with a cache: only the items it misses)
+        def run(todo: list[int]) -> TokenEmbeddings:
+            order = sorted(todo, key=lambda i: enc.length(prepared[i]))
+            chunks = [order[s : s + batch_size] for s in range(0, len(order), batch_size)]
+            show = progress if progress is not None else len(chunks) >= PROGRESS_MIN_BATCHES
+            parts = []
+            device = enc.device
+            with torch.inference_mode():
+                for chunk in tqdm(chunks, desc=f"embed {modality} ({enc.name})", unit="batch", disable=not show):
+                    tensors = {k: v.to(device) for k, v in enc.collate([prepared[i] for i in chunk]).items()}
+                    te = enc(**tensors)
+                    te.indices = list(chunk)
+                    parts.append(te)
+            out = TokenEmbeddings.cat(parts)
+            return out.select(sorted(range(len(out.indices)), key=lambda r: out.indices[r]))
+
+        from .cache import cached_embed, resolve_cache
+
+        store = resolve_cache(cache, self)
+        out = run(list(prepared)) if store is None else cached_embed(store, enc, prepared, run, options=options)
         out.errors = sorted(errors, key=lambda e: e.index)
         return out
 
@@ -350,32 +365,22 @@ class Hub:
 
         ``params`` go to a single augmentation and are validated by its pydantic model.
         """
-        import numpy as np
+        from .augment import augment
 
-        from ._registry import validate_options
-
-        modality = modality or self.detect(item)
-        names = [name] if isinstance(name, str) else list(name)
-        if len(names) > 1 and params:
-            raise InvalidInputError("params apply to one augmentation; chain calls to give each its own")
-        rng = rng if rng is not None else np.random.default_rng(seed)
-        for n in names:
-            spec = self.registry.augmentation(modality, n)
-            item = spec.fn(item, rng, **validate_options(spec.params, params, f"augmentation {spec.key!r}"))
-        return item
+        return augment(self.registry, item, name, modality or self.detect(item), seed=seed, rng=rng, **params)
 
     # -- learning --------------------------------------------------------------------
     def pretrain(self, modality: str, items: Sequence[Any], **kwargs: Any):
-        """Self-supervised pretraining (contrastive or masked) of an encoder; see :func:`hub.training.pretrain`."""
-        from .training import pretrain
+        """Self-supervised pretraining (contrastive or masked) of an encoder; see :func:`hub.train.pretrain`."""
+        from .train import pretrain
 
-        return pretrain(modality, items, hub=self, **kwargs)
+        return pretrain(modality, items, registry=self.registry, **kwargs)
 
     def align(self, modality: str, pairs: Sequence[tuple[Any, str]], **kwargs: Any):
-        """Align a modality to an anchor space (infonce) or a backbone (caption); see :func:`hub.training.align`."""
-        from .training import align
+        """Align a modality to an anchor space (infonce) or a backbone (caption); see :func:`hub.train.align`."""
+        from .train import align
 
-        return align(modality, pairs, hub=self, **kwargs)
+        return align(modality, pairs, registry=self.registry, **kwargs)
 
     # -- backbones -------------------------------------------------------------------
     def backbones(self) -> list[str]:
@@ -384,41 +389,27 @@ class Hub:
 
     def attach(self, source: str, adapter: str | None = None, **options: Any) -> "MultimodalLM":
         """Load an LLM backbone (hub id, directory or preset) through its adapter, ready to plug modalities into."""
-        from .multimodal import BackboneRef, MultimodalLM
+        from .lm import attach
 
-        spec = self._backbone_adapter(str(source), adapter)
-        backbone = spec.factory(str(source), **options)
-        return MultimodalLM(backbone, self, backbone_ref=BackboneRef(adapter=spec.name, source=str(source), options=options))
-
-    def _backbone_adapter(self, source: str, adapter: str | None):
-        if adapter is not None:
-            return self.registry.backbone_spec(adapter)
-        specs = [self.registry.backbone_spec(n) for n in self.registry.list_backbones()]
-        fits = [s for s in specs if s.detect is None or s.detect(source)]
-        if not fits:
-            raise InvalidInputError(
-                f"no installed backbone adapter can load {source!r}; adapters: "
-                f"{', '.join(s.name for s in specs) or 'none (pip install modality-hub-transformers)'}"
-            )
-        return fits[0]
+        return attach(self.registry, source, adapter, encoder_loader=self._load_aligned, **options)
 
     def load(self, directory: str | os.PathLike) -> "MultimodalLM":
         """Load a multimodal LM bundle saved with ``MultimodalLM.save``."""
-        from .multimodal import MultimodalLM
+        from .lm import MultimodalLM
 
-        return MultimodalLM.load(directory, hub=self)
+        return MultimodalLM.load(directory, registry=self.registry, encoder_loader=self._load_aligned)
 
     def from_transformers(self, path: str | os.PathLike, adapter: str = "transformers") -> "MultimodalLM":
         """Import a composite transformers checkpoint (LLaVA, Qwen2-Audio) as encoder + projector + backbone."""
         spec = self.registry.backbone_spec(adapter)
         if spec.importer is None:
             raise InvalidInputError(f"backbone adapter {adapter!r} imports no composite checkpoints")
-        return spec.importer(str(path), hub=self)
+        return spec.importer(str(path), registry=self.registry)
 
     def count_tokens(self, items: Sequence[Any] | Any, modality: str | None = None, encoder: str | None = None) -> list[int]:
         """Tokens each item will yield, without running the encoder's forward."""
         batch = list(items) if isinstance(items, list) else [items]
-        modality = modality or (self.registry.encoder_spec(encoder).modality if encoder else self.detect(batch[0]))
+        modality = modality or (self.encoder_modality(encoder) if encoder else self.detect(batch[0]))
         enc = self.encoder(encoder, modality=modality)
         return [enc.num_tokens(enc.prepare(x, i)) for i, x in enumerate(batch)]
 

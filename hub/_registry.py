@@ -32,9 +32,9 @@ from .errors import (
     UnknownEncoderError,
     UnknownModalityError,
 )
-from .specs import AugmentationSpec, BackboneSpec, EncoderSpec, Modality, PluginInfo
+from .specs import AugmentationSpec, BackboneSpec, EncoderSpec, Modality, PluginInfo, ProjectorSpec
 
-__all__ = ["Registry", "default_registry", "ENV_PLUGINS", "ENTRY_POINT_GROUP"]
+__all__ = ["Registry", "default_registry", "resolve_registry", "ENV_PLUGINS", "ENTRY_POINT_GROUP"]
 
 ENTRY_POINT_GROUP = "modality_hub"
 ENV_PLUGINS = "MODALITY_HUB_PLUGINS"
@@ -45,7 +45,11 @@ _HOOKS: dict[str, tuple[str, type]] = {
     "register_encoders": ("encoder", EncoderSpec),
     "register_backbones": ("backbone", BackboneSpec),
     "register_augmentations": ("augmentation", AugmentationSpec),
+    "register_projectors": ("projector", ProjectorSpec),
 }
+
+#: the core distribution: its own entry points (built-in projector kinds) load whatever MODALITY_HUB_PLUGINS says
+CORE_DISTRIBUTION = "modality-hub"
 
 
 @dataclass(frozen=True)
@@ -88,7 +92,8 @@ class Registry:
             for ep in sorted(entry_points(group=self._group), key=lambda e: e.name):
                 dist = ep.dist.name if ep.dist is not None else None
                 version = ep.dist.version if ep.dist is not None else None
-                if allowed is not None and ep.name not in allowed and (dist not in allowed):
+                core = dist is not None and dist.lower().replace("_", "-") == CORE_DISTRIBUTION
+                if allowed is not None and not core and ep.name not in allowed and (dist not in allowed):
                     continue
                 if ep.name in seen:  # the same plugin visible twice on sys.path
                     continue
@@ -160,6 +165,7 @@ class Registry:
                 encoders=tuple(s.name for s in staged["encoder"]),
                 backbones=tuple(s.name for s in staged["backbone"]),
                 augmentations=tuple(_key(s) for s in staged["augmentation"]),
+                projectors=tuple(s.kind for s in staged["projector"]),
             )
             self._plugins[name] = info
             return info
@@ -275,6 +281,23 @@ class Registry:
         encoder.pretrained = spec.pretrained
         return encoder
 
+    def create_processor(self, name: str, **options: Any):
+        """The weights-free half of encoder ``name`` (:class:`hub.processor.Processor`), built from the same
+        options by the spec's ``processor`` factory; an encoder without one is built whole and wrapped."""
+        spec = self.encoder_spec(name)
+        self.modality(spec.modality)
+        if spec.processor is None:
+            from .processor import EncoderProcessor
+
+            return EncoderProcessor(self.create_encoder(name, **options))
+        _, _, tag = name.partition(".")
+        if tag:
+            options.setdefault("weights", spec.tags[tag])
+        processor = spec.processor(**validate_options(spec.options, options, f"encoder {spec.name!r}"))
+        processor.name = spec.name
+        processor.modality = spec.modality
+        return processor
+
     def list_backbones(self) -> list[str]:
         self._ensure()
         return sorted(self._tables["backbone"])
@@ -298,6 +321,38 @@ class Registry:
             known = [k.split("/", 1)[1] for k in self.list_augmentations(modality)]
             raise UnknownEncoderError(self._unknown(f"{modality} augmentation", name, known))
         return entry.spec
+
+    def list_projectors(self) -> list[str]:
+        """Registered projector kinds (``linear``, ``mlp``, ``resampler``, ``pool`` from the core, and plugins')."""
+        self._ensure()
+        return sorted(self._tables["projector"])
+
+    def projector(self, kind: str) -> ProjectorSpec:
+        """The spec of projector ``kind``."""
+        self._ensure()
+        entry = self._tables["projector"].get(kind) if isinstance(kind, str) else None
+        if entry is None:
+            raise InvalidOptionsError(
+                f"unknown projector kind {kind!r}; valid kinds: {', '.join(self.list_projectors()) or 'none'}"
+            )
+        return entry.spec
+
+    # -- command-line extensions -----------------------------------------------
+    def register_commands(self, cli: Any) -> list[str]:
+        """Call every loaded plugin's ``register_commands(cli)``; a plugin that fails loses only its commands
+        (recorded in :meth:`plugins`).  Returns the names of the plugins that added commands."""
+        self._ensure()
+        done = []
+        for impl in self.pm.hook.register_commands.get_hookimpls():
+            try:
+                impl.function(cli=cli)
+                done.append(impl.plugin_name)
+            except Exception as exc:  # noqa: BLE001 - one plugin's CLI must not take the others down
+                info = self._plugins.get(impl.plugin_name)
+                if info is not None:
+                    self._plugins[impl.plugin_name] = replace(
+                        info, error=f"register_commands failed: {type(exc).__name__}: {exc}")
+        return done
 
     @staticmethod
     def _unknown(kind: str, name: str, known: list[str]) -> str:
@@ -330,6 +385,13 @@ def _key(spec: Any) -> str:
 
 _default: Registry | None = None
 _default_lock = threading.Lock()
+
+
+def resolve_registry(registry: Any = None, hub: Any = None) -> Registry:
+    """The registry a lower layer works with: ``registry``, else ``hub.registry`` (a :class:`hub.Hub` or anything
+    holding one), else the process-wide default.  Lower layers take these arguments; they never build a Hub."""
+    got = registry if registry is not None else getattr(hub, "registry", None)
+    return getattr(got, "registry", got) or default_registry()
 
 
 def default_registry() -> Registry:

@@ -8,13 +8,16 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, Sequence, TypeVar
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
-from .errors import InvalidOptionsError
+from .errors import InvalidInputError, InvalidOptionsError
 
-__all__ = ["AugmentParams", "value_range", "parse_params"]
+if TYPE_CHECKING:  # pragma: no cover
+    from ._registry import Registry
+
+__all__ = ["AugmentParams", "value_range", "parse_params", "augment"]
 
 P = TypeVar("P", bound=BaseModel)
 
@@ -46,3 +49,23 @@ def parse_params(model: type[P], params: dict[str, Any], what: str) -> P:
         raise InvalidOptionsError(
             f"invalid params for {what}: {problems}. Accepted: {', '.join(model.model_fields)}"
         ) from None
+
+
+def augment(registry: "Registry", item: Any, name: str | Sequence[str], modality: str, *, seed: int | None = None,
+            rng: Any = None, **params: Any) -> Any:
+    """Apply one registered augmentation of ``modality`` (or several, in order) to ``item``; seeded.
+
+    ``params`` go to a single augmentation and are validated by its pydantic model.
+    """
+    import numpy as np
+
+    from ._registry import validate_options
+
+    names = [name] if isinstance(name, str) else list(name)
+    if len(names) > 1 and params:
+        raise InvalidInputError("params apply to one augmentation; chain calls to give each its own")
+    rng = rng if rng is not None else np.random.default_rng(seed)
+    for n in names:
+        spec = registry.augmentation(modality, n)
+        item = spec.fn(item, rng, **validate_options(spec.params, params, f"augmentation {spec.key!r}"))
+    return item

@@ -2,7 +2,7 @@
 
 Adapters (e.g. ``modality-hub-transformers``) implement :class:`Backbone` and
 register a :class:`hub.BackboneSpec` through ``register_backbones``.  The
-:class:`hub.multimodal.MultimodalLM` composer only talks to this interface.
+:class:`hub.lm.MultimodalLM` composer only talks to this interface.
 """
 
 from __future__ import annotations
@@ -28,6 +28,8 @@ class Backbone(torch.nn.Module, ABC):
     """
 
     name: str
+    #: the registered backbone adapter that reloads this backbone from a saved bundle (``BackboneSpec.name``)
+    adapter: str | None = None
     hidden_size: int
     max_context: int
     pad_token_id: int

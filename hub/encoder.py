@@ -42,20 +42,29 @@ class Encoder(torch.nn.Module):
     #: the registered encoder that reloads this encoder's ``save_pretrained(dir)`` output
     #: with ``weights=dir`` (e.g. ``hf-vision``); ``None``: its own name does
     reload_as: str | None = None
+    #: the weights-free half (a :class:`hub.processor.Processor`); when set, ``prepare``, ``collate``,
+    #: ``num_tokens`` and ``length`` delegate to it
+    item_processor: Any = None
 
     def reload_options(self) -> dict[str, Any]:
         """Options besides ``weights=`` that ``reload_as`` needs to rebuild this encoder."""
         return {}
 
-    # -- to implement ----------------------------------------------------------
-    def prepare(self, item: Any, index: int = 0) -> Any:  # pragma: no cover - abstract
-        raise NotImplementedError
+    # -- to implement (or delegate to ``item_processor``) -------------------------
+    def prepare(self, item: Any, index: int = 0) -> Any:
+        if self.item_processor is None:  # pragma: no cover - abstract
+            raise NotImplementedError(f"{type(self).__name__} implements neither prepare() nor item_processor")
+        return self.item_processor.prepare(item, index)
 
-    def collate(self, prepared: Sequence[Any]) -> dict[str, torch.Tensor]:  # pragma: no cover - abstract
-        raise NotImplementedError
+    def collate(self, prepared: Sequence[Any]) -> dict[str, torch.Tensor]:
+        if self.item_processor is None:  # pragma: no cover - abstract
+            raise NotImplementedError(f"{type(self).__name__} implements neither collate() nor item_processor")
+        return self.item_processor.collate(prepared)
 
-    def num_tokens(self, prepared: Any) -> int:  # pragma: no cover - abstract
-        raise NotImplementedError
+    def num_tokens(self, prepared: Any) -> int:
+        if self.item_processor is None:  # pragma: no cover - abstract
+            raise NotImplementedError(f"{type(self).__name__} implements neither num_tokens() nor item_processor")
+        return self.item_processor.num_tokens(prepared)
 
     def forward(self, **tensors: torch.Tensor) -> TokenEmbeddings:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -63,6 +72,8 @@ class Encoder(torch.nn.Module):
     # -- provided ----------------------------------------------------------------
     def length(self, prepared: Any) -> int:
         """Sort key for length bucketing; the token count by default."""
+        if self.item_processor is not None:
+            return self.item_processor.length(prepared)
         return self.num_tokens(prepared)
 
     @property

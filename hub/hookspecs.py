@@ -15,12 +15,14 @@ group.  It implements any of these hooks with ``@hub.hookimpl`` and calls the
         register(EncoderSpec(name="series-linear", modality="series", factory=...))
 
 Registration is validated when the plugin loads; a duplicate name is an error
-that names both distributions.
+that names both distributions.  ``register_commands(cli)`` is different: it is
+called by the ``mhub`` command line only, with the click group, so a plugin can
+add commands (``cli.add_command(...)``) or demo steps.
 """
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable
 
 import pluggy
 
@@ -48,3 +50,14 @@ def register_backbones(register: Callable[..., None]) -> None:
 @hookspec
 def register_augmentations(register: Callable[..., None]) -> None:
     """Register augmentations: call ``register(AugmentationSpec(...))`` once for each."""
+
+
+@hookspec
+def register_projectors(register: Callable[..., None]) -> None:
+    """Register projector kinds: call ``register(ProjectorSpec(...))`` once for each."""
+
+
+@hookspec
+def register_commands(cli: Any) -> None:
+    """Add ``mhub`` commands: ``cli`` is the click group (``cli.add_command(...)``); ``cli.commands["demo"]``
+    takes extra demo steps through ``add_step(step, *click_options)``."""

@@ -13,7 +13,7 @@ from .errors import PluginError
 if TYPE_CHECKING:  # pragma: no cover
     from .encoder import Encoder
 
-__all__ = ["Modality", "EncoderSpec", "BackboneSpec", "AugmentationSpec", "PluginInfo"]
+__all__ = ["Modality", "EncoderSpec", "BackboneSpec", "AugmentationSpec", "ProjectorSpec", "PluginInfo"]
 
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_\-]*$")
 
@@ -63,7 +63,9 @@ class EncoderSpec:
     is the default weights id (a Hugging Face hub id, a local directory, or
     ``None`` for a randomly initialised preset); ``pretrained=False`` marks an
     untrained preset (tests and demos only).  ``tags`` maps ``name.tag`` weight
-    variants to weights ids.
+    variants to weights ids.  ``processor(**options)`` (optional) builds the encoder's
+    weights-free half (:class:`hub.processor.Processor`) from the same options, for
+    serving exports without the torch weights.
     """
 
     name: str
@@ -75,6 +77,7 @@ class EncoderSpec:
     pretrained: bool = True
     description: str = ""
     tags: dict[str, str] = field(default_factory=dict)
+    processor: Callable[..., Any] | None = None
 
     def __post_init__(self) -> None:
         _check_name("encoder", self.name)
@@ -101,6 +104,8 @@ class BackboneSpec:
     description: str = ""
     #: optional: ``importer(path) -> MultimodalLM`` for composite checkpoints (e.g. LLaVA)
     importer: Callable[..., Any] | None = None
+    #: optional: a source that loads offline with no weights (a tiny preset) for ``mhub demo``
+    demo_source: str | None = None
 
     def __post_init__(self) -> None:
         _check_name("backbone", self.name)
@@ -135,6 +140,29 @@ class AugmentationSpec:
 
 
 @dataclass(frozen=True)
+class ProjectorSpec:
+    """A projector kind: the :class:`hub.lm.Projector` subclass that builds it and its pydantic config model.
+
+    ``config`` validates ``projector.json`` and the options users pass (``extra="forbid"``); its
+    ``kind`` field must default to ``kind``.
+    """
+
+    kind: str
+    cls: type
+    config: type[BaseModel]
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        _check_name("projector kind", self.kind)
+        if not isinstance(self.cls, type) or not isinstance(self.config, type) or not issubclass(self.config, BaseModel):
+            raise PluginError(f"projector kind {self.kind!r}: cls must be a class and config a pydantic model")
+
+    @property
+    def name(self) -> str:
+        return self.kind
+
+
+@dataclass(frozen=True)
 class PluginInfo:
     """One plugin as the registry saw it: where it came from, what it gave, how it failed."""
 
@@ -145,6 +173,7 @@ class PluginInfo:
     encoders: tuple[str, ...] = ()
     backbones: tuple[str, ...] = ()
     augmentations: tuple[str, ...] = ()
+    projectors: tuple[str, ...] = ()
     error: str | None = None
 
     @property

@@ -10,13 +10,18 @@ export HF_HUB_OFFLINE=1
 if [ ! -f "$base/.ready" ]; then
   rm -rf "$base"
   "$PYTHON" -m venv "$base"
-  "$base/bin/python" -m pip install -q --upgrade pip "setuptools>=70,<82" wheel
+  "$base/bin/python" -m pip install -q --upgrade pip "setuptools>=77,<82" wheel
   "$base/bin/python" -m pip install -q -c constraints-dev.txt torch torchaudio
   touch "$base/.ready"
 fi
 "$base/bin/python" -m pip install -q --force-reinstall --no-deps . && "$base/bin/python" -m pip install -q -c constraints-dev.txt .
+# the core alone: the CLI works, and knows nothing of the starter pack (a plugin)
+(cd /tmp && "$OLDPWD/$base/bin/mhub" --help >/dev/null && ! "$OLDPWD/$base/bin/mhub" --help | grep -q starter-pack \
+  && ! "$OLDPWD/$base/bin/mhub" demo --help | grep -q -- --pack) || { echo "core CLI check failed"; exit 1; }
+echo "standalone core: mhub works without plugins"
 for dir in plugins/*/; do
   name=$(basename "$dir")
+  [ "$name" = starter ] && continue  # needs the five modality plugins: checked below
   env=".venv-alone-$name"
   rm -rf "$env"
   cp -al "$base" "$env"
@@ -42,6 +47,25 @@ print(f"standalone {want}: {name} -> {int(te.lengths[0])} tokens x {te.dim}")
 PY
   rm -rf "$env"
 done
+# the starter plugin with only what it declares (the five modality plugins, from this repository)
+env=".venv-alone-starter"
+rm -rf "$env"
+cp -al "$base" "$env"
+"$env/bin/python" -m pip install -q -c constraints-dev.txt ./plugins/starter ./plugins/text ./plugins/image \
+  ./plugins/audio ./plugins/graph ./plugins/3d
+(cd /tmp && "$OLDPWD/$env/bin/mhub" --help | grep -q starter-pack && "$OLDPWD/$env/bin/mhub" demo --help | grep -q -- --pack) \
+  || { echo "starter plugin did not register its commands"; exit 1; }
+(cd /tmp && "$OLDPWD/$env/bin/python" -) <<'PY'
+from hub import Hub
+import hub_starter
+
+h = Hub()
+errors = [p for p in h.plugins() if not p.ok]
+assert not errors, errors
+data = hub_starter.build_data("graph", 0, per_class=2)
+print(f"standalone starter: mhub starter-pack / eval registered; graph data {len(data)} items")
+PY
+rm -rf "$env"
 for dir in adapters/*/; do
   name=$(basename "$dir")
   env=".venv-alone-adapter-$name"

@@ -1,4 +1,4 @@
-"""hub.bench (torch eager vs ONNX Runtime, same inputs) and the GPU benchmark script's no-CUDA exit."""
+"""hub.onnx.bench (torch eager vs ONNX Runtime, same inputs) and the GPU benchmark script's no-CUDA exit."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from hub.bench import format_table, presets, run
+from hub.onnx.bench import format_table, presets, run
 from hub.errors import InvalidInputError
 
 pytest.importorskip("onnxruntime")

@@ -155,7 +155,7 @@ def test_boundary_tokens_and_custom_placeholders(lm):
 
 
 def test_wrong_projector_dims_and_kinds(lm, tmp_path):
-    from hub.projectors import build_projector
+    from hub.lm import build_projector
 
     with pytest.raises(InvalidInputError, match="projector maps 7"):
         lm.plug("image", encoder="tiny-clip", projector=build_projector("linear", 7, lm.backbone.hidden_size))

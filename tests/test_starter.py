@@ -1,4 +1,4 @@
-"""The starter pack (hub.starter): data builders, the tiny-budget build, caching, evaluation and query."""
+"""The starter pack (the hub_starter plugin): data builders, the tiny-budget build, caching, evaluation and query."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ import pytest
 import torch
 from PIL import Image
 
-import hub.starter as starter
+import hub_starter as starter
 from hub.errors import BundleError, InvalidInputError, InvalidOptionsError
-from hub.starter import (
+from hub_starter import (
     DIGITS,
     GRAPH_FAMILIES,
     SHAPES,
@@ -163,8 +163,8 @@ def test_second_call_loads_instead_of_rebuilding(tiny_pack, monkeypatch):
     def no_training(*args, **kwargs):
         raise AssertionError("a cached pack must not train again")
 
-    monkeypatch.setattr("hub.training.align", no_training)
-    monkeypatch.setattr("hub.training.pretrain", no_training)
+    monkeypatch.setattr("hub_starter.pack.align", no_training)
+    monkeypatch.setattr("hub_starter.pack.run_pretrain", no_training)
     again = build_starter_pack(tiny_pack.directory, budget="tiny", seed=0, progress=False)
     assert again.modalities == tiny_pack.modalities
     items = tiny_pack.data["audio"].items[:4]  # the audio encoder's trained state is restored

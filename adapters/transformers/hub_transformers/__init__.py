@@ -94,18 +94,16 @@ def register_backbones(register):
                 f"directory; offline presets {', '.join(TINY_PRESETS)}"
             ),
             importer=import_checkpoint,
+            demo_source="tiny-llama",
         )
     )
 
 
-def import_checkpoint(path: str, hub: Any = None, **options: Any):
-    """``Hub.from_transformers``: a LLaVA or Qwen2-Audio checkpoint → ``MultimodalLM``."""
+def import_checkpoint(path: str, registry: Any = None, **options: Any):
+    """``Hub.from_transformers``: a LLaVA or Qwen2-Audio checkpoint → ``MultimodalLM`` on ``registry``."""
     from .importers import from_transformers
 
-    lm = from_transformers(path, **options)
-    if hub is not None:
-        lm.hub = hub
-    return lm
+    return from_transformers(path, registry=registry, **options)
 
 
 class Qwen2AudioTowerOptions(BaseModel):

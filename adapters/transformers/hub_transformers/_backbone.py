@@ -67,6 +67,9 @@ class HFBackbone(Backbone):
     get rows in a separate ``extra_embeddings`` table owned by this adapter.
     """
 
+    #: the registered adapter that reloads a saved backbone (``BackboneSpec.name``)
+    adapter = "transformers"
+
     def __init__(self, model: Any, tokenizer: Any, name: str | None = None, *, weights: str | None = None) -> None:
         super().__init__()
         if model is None or not hasattr(model, "get_input_embeddings"):

@@ -1,4 +1,4 @@
-"""Importers: transformers multimodal checkpoints → :class:`hub.multimodal.MultimodalLM`.
+"""Importers: transformers multimodal checkpoints → :class:`hub.lm.MultimodalLM`.
 
 A composite checkpoint is split into the hub's parts, with its weights reused as
 they are, so the composed model gives the checkpoint's own logits:
@@ -28,8 +28,7 @@ from torch import nn
 
 from hub import Encoder, TokenEmbeddings
 from hub.errors import InvalidInputError, InvalidOptionsError, WeightsNotFoundError
-from hub.multimodal import MultimodalLM
-from hub.projectors import Projector
+from hub.lm import MultimodalLM, Projector, build_projector
 from hub.weights import from_pretrained
 
 from ._backbone import HFBackbone
@@ -40,6 +39,9 @@ __all__ = [
     "from_llava",
     "from_qwen2_audio",
     "from_transformers",
+    "load_llava_projector",
+    "projector_from_llava",
+    "projector_from_qwen2_audio",
 ]
 
 
@@ -117,6 +119,72 @@ def _plugin(module: str, distribution: str, what: str) -> Any:
         raise InvalidOptionsError(f"importing {what} needs the {module} plugin: pip install {distribution} ({exc})") from exc
 
 
+# -- projector weights: LLaVA / Qwen2-Audio → hub projectors -----------------------------
+def load_llava_projector(projector: Projector, projector_module: nn.Module) -> Projector:
+    """Copy a transformers ``LlavaMultiModalProjector``'s weights into an ``mlp`` ``projector``.
+
+    The parameter names are the same (``linear_1``, ``linear_2``), so this is a
+    checked ``load_state_dict``; outputs are then bit-identical.  The LLaVA
+    activation must be exact GELU (``projector_hidden_act="gelu"``).
+    """
+    if projector.kind != "mlp":
+        raise InvalidOptionsError(f"a LLaVA projector loads into an 'mlp' projector; this one is {projector.kind!r}")
+    act = getattr(projector_module, "act", None)
+    probe = torch.linspace(-8.0, 8.0, 1025)
+    with torch.no_grad():
+        exact = act is not None and torch.equal(act(probe), nn.functional.gelu(probe))
+    if not exact:
+        raise InvalidOptionsError(
+            f"the LLaVA projector's activation ({type(act).__name__}) is not exact GELU; mlp projectors use "
+            "nn.GELU() as LLaVA's projector_hidden_act='gelu' does"
+        )
+    projector.load_torch_state(projector_module.state_dict(), source=type(projector_module).__name__)
+    return projector
+
+
+def projector_from_llava(projector_module: nn.Module) -> Projector:
+    """An ``mlp`` projector equal to a transformers ``LlavaMultiModalProjector``."""
+    l1, l2 = projector_module.linear_1, projector_module.linear_2
+    projector = build_projector(
+        "mlp", l1.in_features, l2.out_features, depth=2, hidden_dim=l1.out_features, bias=l1.bias is not None
+    )
+    return load_llava_projector(projector, projector_module)
+
+
+def projector_from_qwen2_audio(
+    projector_module: nn.Module, layer_norm: nn.LayerNorm | None = None, stride: int | None = None
+) -> Projector:
+    """A projector equal to Qwen2-Audio's ``multi_modal_projector`` (one ``linear``).
+
+    With ``stride`` (the audio tower's ``avg_pooler``, 2) and optionally
+    ``layer_norm`` (the audio tower's ``layer_norm``, applied after pooling),
+    it is a ``pool`` projector that also does the tower's last two steps.
+    Qwen2-Audio's ``AvgPool1d`` drops a trailing odd frame; ``pool`` keeps it
+    as a window of one (ceil), so outputs agree on even lengths.
+    """
+    import math
+
+    linear: nn.Linear = projector_module.linear
+    if stride is None and layer_norm is None:
+        projector = build_projector("linear", linear.in_features, linear.out_features, bias=linear.bias is not None)
+        projector.load_torch_state(projector_module.state_dict(), source=type(projector_module).__name__)
+        return projector
+    projector = build_projector(
+        "pool", linear.in_features, linear.out_features, stride=stride or 1,
+        norm=layer_norm is not None, bias=linear.bias is not None,
+    )
+    state = {f"linear.{k}": v for k, v in linear.state_dict().items()}
+    if layer_norm is not None:
+        if not math.isclose(layer_norm.eps, 1e-5) or not layer_norm.elementwise_affine:
+            raise InvalidOptionsError(
+                f"pool projectors use LayerNorm(eps=1e-5, affine); got eps={layer_norm.eps}, "
+                f"elementwise_affine={layer_norm.elementwise_affine}"
+            )
+        state.update({f"norm.{k}": v for k, v in layer_norm.state_dict().items()})
+    projector.load_torch_state(state, source="Qwen2-Audio projector")
+    return projector
+
+
 # -- LLaVA ------------------------------------------------------------------------------
 #: LLaVA's vision_feature_select_strategy → hub_image's cls_token
 _SELECT = {"default": "drop", "full": "keep"}
@@ -173,7 +241,7 @@ def from_llava(
             f"{encoder.family} tower has {encoder.prefix_tokens} prefix tokens"
         )
     encoder.name, encoder.weights = "llava-vision", name
-    projector = Projector.from_llava(base.multi_modal_projector).eval()  # checked copy, exact GELU
+    projector = projector_from_llava(base.multi_modal_projector).eval()  # checked copy, exact GELU
     backbone = _backbone(model, tokenizer, name)
     lm = MultimodalLM(backbone)
     lm.plug("image", encoder=encoder, projector=projector, placeholder="<image>")
@@ -323,7 +391,7 @@ def from_qwen2_audio(
         name = name or getattr(model, "name_or_path", "") or "qwen2-audio"
     base = model.model
     encoder = Qwen2AudioTowerEncoder(base.audio_tower, feature_extractor, weights=name)
-    projector = Projector.from_qwen2_audio(base.multi_modal_projector).eval()  # linear, checked copy
+    projector = projector_from_qwen2_audio(base.multi_modal_projector).eval()  # linear, checked copy
     backbone = _backbone(model, tokenizer, name)
     lm = MultimodalLM(backbone)
     bounds = {k: t for k, t in (("start", "<|audio_bos|>"), ("end", "<|audio_eos|>")) if backbone.token_id(t) is not None}
@@ -338,8 +406,9 @@ IMPORTERS: dict[str, Callable[..., MultimodalLM]] = {
 }
 
 
-def from_transformers(path: str | os.PathLike[str], **kwargs: Any) -> MultimodalLM:
-    """Import a transformers multimodal checkpoint directory, chosen by its ``config.model_type``."""
+def from_transformers(path: str | os.PathLike[str], registry: Any = None, **kwargs: Any) -> MultimodalLM:
+    """Import a transformers multimodal checkpoint directory, chosen by its ``config.model_type``
+    (the returned model plugs and detects items through ``registry``, default the process-wide one)."""
     import transformers
 
     config = from_pretrained(transformers.AutoConfig, path, allow_download=kwargs.get("allow_download"),
@@ -350,4 +419,7 @@ def from_transformers(path: str | os.PathLike[str], **kwargs: Any) -> Multimodal
             f"{os.fspath(path)!r} is a {config.model_type!r} checkpoint; the transformers importer supports "
             f"{', '.join(sorted(IMPORTERS))}"
         )
-    return importer(path, **kwargs)
+    lm = importer(path, **kwargs)
+    if registry is not None:
+        lm.registry = registry
+    return lm

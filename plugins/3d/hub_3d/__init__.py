@@ -18,7 +18,7 @@ import numpy as np
 
 from hub import EncoderSpec, Modality, hookimpl
 
-from ._encoder import PRESETS, PointBertOptions, PointCloudEncoder, PointNet2Options, build_encoder
+from ._encoder import PRESETS, PointBertOptions, PointCloudEncoder, PointNet2Options, PointsProcessor, build_encoder, build_processor
 from ._io import FILE_SUFFIXES, is_point_cloud
 from ._models import PointBERT, PointBertConfig, PointNet2, PointNet2Config
 from ._ops import farthest_point_sample, gather_points, knn
@@ -33,6 +33,8 @@ __all__ = [
     "PointNet2Config",
     "PRESETS",
     "build_encoder",
+    "build_processor",
+    "PointsProcessor",
     "farthest_point_sample",
     "knn",
     "gather_points",
@@ -107,6 +109,7 @@ def register_encoders(register):
         register(
             EncoderSpec(
                 name=name, modality="3d", factory=partial(build_encoder, name), options=preset.options,
+                processor=partial(build_processor, name),
                 weights=None, license="apache-2.0", pretrained=False, description=preset.description,
             )
         )

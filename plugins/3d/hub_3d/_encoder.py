@@ -5,14 +5,19 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from hub import Encoder, TokenEmbeddings
 from hub.errors import InvalidOptionsError, WeightsNotFoundError
+from hub.processor import Processor
 
+if TYPE_CHECKING:  # pragma: no cover
+    from hub.train.masked import MaskedBatch
+
+from ._ops import farthest_point_sample, gather_points, knn
 from ._io import FILE_SUFFIXES, BadItem, canonical_points, read_points
 from ._models import ARCHITECTURES
 
@@ -90,8 +95,9 @@ PRESETS: dict[str, Preset] = {
 }
 
 
-def _load_weights(weights: str) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    """config.json and model.safetensors from a save_pretrained directory (safetensors only)."""
+def _load_weights(weights: str, load_state: bool = True) -> tuple[dict[str, Any], dict[str, torch.Tensor] | None]:
+    """config.json and model.safetensors from a save_pretrained directory (safetensors only); without
+    ``load_state`` only config.json is read (a processor needs no tensors)."""
     from safetensors.torch import load_file
 
     path = Path(weights).expanduser()
@@ -101,7 +107,7 @@ def _load_weights(weights: str) -> tuple[dict[str, Any], dict[str, torch.Tensor]
             f"(holding {CONFIG_NAME} and {WEIGHTS_NAME}); hub ids are not supported for 3d encoders"
         )
     config_file, weights_file = path / CONFIG_NAME, path / WEIGHTS_NAME
-    for f in (config_file, weights_file):
+    for f in (config_file, weights_file) if load_state else (config_file,):
         if not f.is_file():
             raise WeightsNotFoundError(f"3d weights in {str(path)!r}: missing {f.name} (pickled weights are refused)")
     try:
@@ -110,6 +116,8 @@ def _load_weights(weights: str) -> tuple[dict[str, Any], dict[str, torch.Tensor]
         raise WeightsNotFoundError(f"3d weights in {str(path)!r}: {CONFIG_NAME} is not valid JSON ({exc})") from None
     if not isinstance(config, dict) or config.pop("format", None) != FORMAT:
         raise WeightsNotFoundError(f"3d weights in {str(path)!r}: {CONFIG_NAME} was not written by hub_3d save_pretrained")
+    if not load_state:
+        return config, None
     try:
         state = load_file(str(weights_file))
     except Exception as exc:  # noqa: BLE001 - safetensors raises its own error types
@@ -117,19 +125,15 @@ def _load_weights(weights: str) -> tuple[dict[str, Any], dict[str, torch.Tensor]
     return config, state
 
 
-def build_encoder(preset: str, **options: Any) -> "PointCloudEncoder":
-    """The encoder of ``preset`` with ``options`` (``None`` values fall back to the preset or to ``weights``).
-
-    With ``weights=DIR`` the architecture comes from ``DIR/config.json``; only
-    ``num_points`` and ``seed`` may differ from it.
-    """
+def _resolve(preset: str, options: dict[str, Any], load_state: bool) -> tuple[Any, dict[str, torch.Tensor] | None, Any]:
+    """The config of ``preset`` with ``options`` (and, with ``load_state``, the weights of ``weights=DIR``)."""
     spec = PRESETS[preset]
     config_cls, _ = ARCHITECTURES[spec.architecture]
     weights = options.pop("weights", None)
     given = {k: v for k, v in options.items() if v is not None}
     state = None
     if weights:
-        saved, state = _load_weights(weights)
+        saved, state = _load_weights(weights, load_state)
         if saved.get("architecture") != spec.architecture:
             raise InvalidOptionsError(
                 f"weights in {weights!r} are for a {saved.get('architecture')!r} encoder, not {spec.architecture!r}; "
@@ -149,7 +153,80 @@ def build_encoder(preset: str, **options: Any) -> "PointCloudEncoder":
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or '(options)'}: {e['msg']}" for e in exc.errors())
         raise InvalidOptionsError(f"invalid options for 3d encoder {preset!r}: {problems}") from None
+    return config, state, weights
+
+
+def build_encoder(preset: str, **options: Any) -> "PointCloudEncoder":
+    """The encoder of ``preset`` with ``options`` (``None`` values fall back to the preset or to ``weights``).
+
+    With ``weights=DIR`` the architecture comes from ``DIR/config.json``; only
+    ``num_points`` and ``seed`` may differ from it.
+    """
+    config, state, weights = _resolve(preset, options, load_state=True)
     return PointCloudEncoder(config, state=state, weights=weights)
+
+
+def build_processor(preset: str, **options: Any) -> "PointsProcessor":
+    """The processor of ``preset`` with ``options``: its config alone (``weights=DIR`` reads only
+    ``DIR/config.json``; no tensors load)."""
+    config, _, _ = _resolve(preset, options, load_state=False)
+    return PointsProcessor(config)
+
+
+class PointsProcessor(Processor):
+    """Points, meshes and 3D files → canonical clouds; the weights-free half of :class:`PointCloudEncoder`.
+
+    Per item (see ``hub_3d._io.canonical_points``): read the points (meshes are sampled on
+    their surface, ``num_points`` points, seeded), keep xyz + ``channels`` extra columns,
+    check they are finite and at least ``min_points``, sort them canonically, subsample
+    clouds larger than ``num_points`` (seeded, after sorting), centre on the centroid and
+    scale to the unit sphere.  ``collate`` pads; ``point_mask`` keeps padding out.
+    """
+
+    modality = "3d"
+    accepts = (
+        "numpy/torch float array (N, 3) or (N, 3 + C)",
+        "trimesh.Trimesh / PointCloud / Scene",
+        "path to " + " / ".join(FILE_SUFFIXES),
+    )
+
+    def __init__(self, config: Any) -> None:
+        self.config = config
+
+    def prepare(self, item: Any, index: int = 0) -> torch.Tensor:
+        cfg = self.config
+        try:
+            points = read_points(item, cfg.num_points, cfg.seed)
+            points = canonical_points(
+                points, channels=cfg.channels, min_points=cfg.min_points, num_points=cfg.num_points,
+                seed=cfg.seed, why=cfg.min_points_reason,
+            )
+        except BadItem as exc:
+            raise self.invalid(index, item, str(exc)) from None
+        return torch.from_numpy(points)  # (n, 3 + channels)
+
+    def collate(self, prepared: Sequence[torch.Tensor]) -> dict[str, torch.Tensor]:
+        longest = max(int(p.shape[0]) for p in prepared)
+        points = torch.zeros(len(prepared), longest, 3 + self.config.channels)  # (batch, points, 3 + C)
+        mask = torch.zeros(len(prepared), longest, dtype=torch.bool)  # (batch, points)
+        for i, p in enumerate(prepared):
+            points[i, : p.shape[0]] = p
+            mask[i, : p.shape[0]] = True
+        return {"points": points, "point_mask": mask}
+
+    def num_tokens(self, prepared: torch.Tensor) -> int:
+        return self.config.num_groups
+
+    def length(self, prepared: torch.Tensor) -> int:
+        """Bucket by point count, so clouds of similar size share a batch."""
+        return int(prepared.shape[0])
+
+    def save(self, directory: str | Path) -> dict[str, Any]:
+        """``config.json`` only (the architecture and preprocessing numbers; no weights)."""
+        out = Path(directory)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / CONFIG_NAME).write_text(json.dumps({"format": FORMAT, **self.config.model_dump()}, indent=2) + "\n")
+        return {}
 
 
 class PointCloudEncoder(Encoder):
@@ -187,37 +264,9 @@ class PointCloudEncoder(Encoder):
             except RuntimeError as exc:
                 raise WeightsNotFoundError(f"3d weights in {weights!r} do not match their config.json: {exc}") from None
         self.config = config
+        self.item_processor = PointsProcessor(config)
         self.dim = config.dim
         self.weights = str(weights) if weights else f"random-init(seed={config.seed})"
-
-    # -- preprocess ---------------------------------------------------------------
-    def prepare(self, item: Any, index: int = 0) -> torch.Tensor:
-        cfg = self.config
-        try:
-            points = read_points(item, cfg.num_points, cfg.seed)
-            points = canonical_points(
-                points, channels=cfg.channels, min_points=cfg.min_points, num_points=cfg.num_points,
-                seed=cfg.seed, why=cfg.min_points_reason,
-            )
-        except BadItem as exc:
-            raise self.invalid(index, item, str(exc)) from None
-        return torch.from_numpy(points)  # (n, 3 + channels)
-
-    def collate(self, prepared: Sequence[torch.Tensor]) -> dict[str, torch.Tensor]:
-        longest = max(int(p.shape[0]) for p in prepared)
-        points = torch.zeros(len(prepared), longest, 3 + self.config.channels)  # (batch, points, 3 + C)
-        mask = torch.zeros(len(prepared), longest, dtype=torch.bool)  # (batch, points)
-        for i, p in enumerate(prepared):
-            points[i, : p.shape[0]] = p
-            mask[i, : p.shape[0]] = True
-        return {"points": points, "point_mask": mask}
-
-    def num_tokens(self, prepared: torch.Tensor) -> int:
-        return self.config.num_groups
-
-    def length(self, prepared: torch.Tensor) -> int:
-        """Bucket by point count, so clouds of similar size share a batch."""
-        return int(prepared.shape[0])
 
     # -- forward ------------------------------------------------------------------
     def forward(self, points: torch.Tensor, point_mask: torch.Tensor) -> TokenEmbeddings:
@@ -226,6 +275,40 @@ class PointCloudEncoder(Encoder):
         return self.tokens(tokens, mask)
 
     # -- weights ------------------------------------------------------------------
+    def masked_batch(self, tensors: dict[str, torch.Tensor], ratio: float, gen: torch.Generator) -> "MaskedBatch":
+        """Masked pretraining (Point-MAE-style): FPS + kNN groups as the encoder forms them; the points of a
+        share of the groups are removed from the input, and the decoder predicts each masked group's
+        neighbour xyz relative to its centre (Chamfer loss), queried by the centre."""
+        from hub.train.masked import MaskedBatch, masked_count
+
+        cfg = self.config
+        points, mask = tensors["points"], tensors["point_mask"].bool()  # (batch, N, 3 + C), (batch, N)
+        xyz = points[..., :3]
+        batch, groups, k = points.shape[0], int(cfg.num_groups), int(cfg.group_size)
+        centres = gather_points(xyz, farthest_point_sample(xyz, mask, groups))  # (batch, G, 3)
+        members = knn(centres, xyz, mask, k)  # (batch, G, k)
+        rel = gather_points(xyz, members) - centres.unsqueeze(2)  # (batch, G, k, 3)
+        m = min(groups - 1, masked_count(ratio, groups)) if groups > 1 else 1
+        masked = torch.rand(batch, groups, generator=gen).argsort(1)[:, :m].to(points.device)  # (batch, M)
+        removed_idx = members.gather(1, masked.unsqueeze(-1).expand(-1, -1, k)).reshape(batch, -1)  # (batch, M*k)
+        removed = torch.zeros_like(mask).scatter_(1, removed_idx, True) & mask  # (batch, N)
+        keep = mask & ~removed
+        need = int(cfg.min_points)
+        for b in range(batch):  # the encoder needs min_points real points: give back the first removed ones
+            short = need - int(keep[b].sum())
+            if short > 0:
+                keep[b, removed[b].nonzero().flatten()[:short]] = True
+        inputs = points.masked_fill(~keep.unsqueeze(-1), 0.0)
+        take = masked.unsqueeze(-1)
+        return MaskedBatch(
+            inputs={**tensors, "points": inputs, "point_mask": keep},
+            targets=rel.gather(1, take.unsqueeze(-1).expand(-1, -1, k, 3)).reshape(batch, m, k * 3),  # (batch, M, k*3)
+            target_mask=torch.ones(batch, m, dtype=torch.bool, device=points.device),
+            queries=centres.gather(1, take.expand(-1, -1, 3)),  # (batch, M, 3)
+            token_index=None,
+            loss="chamfer",
+        )
+
     def save_pretrained(self, directory: str | Path) -> Path:
         """Write ``config.json`` and ``model.safetensors``; load with ``weights=directory``."""
         from safetensors.torch import save_file

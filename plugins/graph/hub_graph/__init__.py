@@ -63,11 +63,11 @@ def examples(n: int, seed: int = 0) -> list[dict]:
     return items
 
 
-def _factory(name: str):
+def _factory(name: str, processor: bool = False):
     def factory(**options: Any):
-        from ._encoder import make_factory
+        from ._encoder import make_factory, make_processor_factory
 
-        return make_factory(name)(**options)
+        return (make_processor_factory if processor else make_factory)(name)(**options)
 
     return factory
 
@@ -93,7 +93,8 @@ def register_modalities(register):
 def register_encoders(register):
     for name, preset in PRESETS.items():
         register(EncoderSpec(
-            name=name, modality="graph", factory=_factory(name), options=GraphOptions,
+            name=name, modality="graph", factory=_factory(name), processor=_factory(name, processor=True),
+            options=GraphOptions,
             weights=None, license="apache-2.0", pretrained=False,
             description=f"{preset.description}; one token per node (max_tokens=128, top-k above); "
                         "weights=DIR loads save_pretrained output",

@@ -50,6 +50,7 @@ from torch_geometric.nn.models import GAT, GIN, GraphSAGE
 
 from hub import Encoder, TokenEmbeddings
 from hub.errors import InvalidOptionsError, WeightsNotFoundError
+from hub.processor import Processor
 
 from ._items import ItemProblem, to_graph
 from ._meta import ACCEPTS, PRESETS, GraphOptions
@@ -172,6 +173,43 @@ BUILDERS: dict[str, Callable[[GraphConfig], torch.nn.Module]] = {
 ARCH_KEYS = ("in_channels", "hidden_channels", "num_layers", "heads")
 
 
+class GraphProcessor(Processor):
+    """Graphs → PyG ``Data`` with the node feature recipe; the weights-free half of :class:`GraphEncoder`."""
+
+    modality = "graph"
+
+    def __init__(self, config: GraphConfig) -> None:
+        self.config = config
+
+    def prepare(self, item: Any, index: int = 0) -> Data:
+        try:
+            return to_graph(item, in_channels=self.config.in_channels, undirected=self.config.undirected)
+        except ItemProblem as p:
+            raise self.invalid(index, item, p.problem, p.accepted) from None
+
+    def collate(self, prepared: Sequence[Data]) -> dict[str, torch.Tensor]:
+        batch = Batch.from_data_list(list(prepared))
+        nodes = torch.tensor([int(p.num_nodes) for p in prepared])  # (graphs,)
+        node_mask = torch.arange(int(nodes.max()))[None, :] < nodes[:, None]  # (graphs, max nodes)
+        tokens = torch.tensor([self.num_tokens(p) for p in prepared])  # (graphs,)
+        token_mask = torch.arange(int(tokens.max()))[None, :] < tokens[:, None]  # (graphs, tokens)
+        return {"x": batch.x, "edge_index": batch.edge_index, "batch": batch.batch,
+                "node_mask": node_mask, "token_mask": token_mask}
+
+    def num_tokens(self, prepared: Data) -> int:
+        return min(int(prepared.num_nodes), self.config.max_tokens) + int(self.config.graph_token)
+
+    def length(self, prepared: Data) -> int:
+        return int(prepared.num_nodes)
+
+    def save(self, directory: str | os.PathLike) -> dict[str, Any]:
+        """``config.json`` only (the feature recipe's width, token cap; no weights)."""
+        path = Path(directory)
+        path.mkdir(parents=True, exist_ok=True)
+        (path / CONFIG_NAME).write_text(json.dumps(self.config.model_dump(), indent=2) + "\n", encoding="utf-8")
+        return {}
+
+
 class GraphEncoder(Encoder):
     """A graph → one token per node (at most ``max_tokens``), plus an optional graph token."""
 
@@ -185,6 +223,7 @@ class GraphEncoder(Encoder):
                 f"hidden_channels ({config.hidden_channels}) must be divisible by heads ({config.heads})"
             )
         self.config = config
+        self.item_processor = GraphProcessor(config)
         self.name = config.arch
         self.max_tokens, self.graph_token = config.max_tokens, config.graph_token
         with torch.random.fork_rng(devices=[]):
@@ -239,28 +278,6 @@ class GraphEncoder(Encoder):
         save_file(state, path / WEIGHTS_NAME, metadata={"format": "pt", "arch": self.config.arch})
         return path
 
-    # -- preprocess ----------------------------------------------------------------------------------
-    def prepare(self, item: Any, index: int = 0) -> Data:
-        try:
-            return to_graph(item, in_channels=self.config.in_channels, undirected=self.config.undirected)
-        except ItemProblem as p:
-            raise self.invalid(index, item, p.problem, p.accepted) from None
-
-    def collate(self, prepared: Sequence[Data]) -> dict[str, torch.Tensor]:
-        batch = Batch.from_data_list(list(prepared))
-        nodes = torch.tensor([int(p.num_nodes) for p in prepared])  # (graphs,)
-        node_mask = torch.arange(int(nodes.max()))[None, :] < nodes[:, None]  # (graphs, max nodes)
-        tokens = torch.tensor([self.num_tokens(p) for p in prepared])  # (graphs,)
-        token_mask = torch.arange(int(tokens.max()))[None, :] < tokens[:, None]  # (graphs, tokens)
-        return {"x": batch.x, "edge_index": batch.edge_index, "batch": batch.batch,
-                "node_mask": node_mask, "token_mask": token_mask}
-
-    def num_tokens(self, prepared: Data) -> int:
-        return min(int(prepared.num_nodes), self.max_tokens) + int(self.graph_token)
-
-    def length(self, prepared: Data) -> int:
-        return int(prepared.num_nodes)
-
     # -- forward -------------------------------------------------------------------------------------
     def forward(
         self,
@@ -294,6 +311,32 @@ class GraphEncoder(Encoder):
             pooled = dense.sum(1) / count  # (graphs, dim) mean of all node embeddings
             tokens = torch.cat([pooled.unsqueeze(1), tokens], dim=1)
         return self.tokens(tokens, token_mask)
+
+
+def _saved_config(directory: str | os.PathLike) -> GraphConfig:
+    path = Path(directory).expanduser()
+    if not (path / CONFIG_NAME).is_file():
+        raise WeightsNotFoundError(f"graph encoder {os.fspath(directory)!r}: no {CONFIG_NAME} (written by save_pretrained)")
+    try:
+        return GraphConfig(**json.loads((path / CONFIG_NAME).read_text(encoding="utf-8")))
+    except (ValueError, TypeError, ValidationError) as exc:
+        raise WeightsNotFoundError(f"{path / CONFIG_NAME} is not a {FORMAT} config: {exc}") from None
+
+
+def make_processor_factory(name: str) -> Callable[..., GraphProcessor]:
+    """The registry's processor factory of preset ``name``: the same options, only the config is built."""
+    preset = PRESETS[name]
+
+    def factory(weights: str | None = None, seed: int = 0, **options: Any) -> GraphProcessor:
+        given = {k: v for k, v in options.items() if v is not None}
+        if weights is not None:
+            saved = _saved_config(weights)
+            return GraphProcessor(saved.model_copy(update={k: v for k, v in given.items() if k not in ARCH_KEYS}))
+        defaults = {"in_channels": 16, "hidden_channels": preset.hidden_channels,
+                    "num_layers": preset.num_layers, "heads": preset.heads}
+        return GraphProcessor(GraphConfig(arch=preset.arch, **{**defaults, **given}))
+
+    return factory
 
 
 def make_factory(name: str) -> Callable[..., GraphEncoder]:

@@ -12,9 +12,9 @@ from typing import Any
 
 from hub import EncoderSpec, Modality, hookimpl
 
-from ._encoder import HFTextEncoder, HFTextOptions, TinyBertOptions, tiny_bert
+from ._encoder import HFTextEncoder, HFTextOptions, TextProcessor, TinyBertOptions, tiny_bert, tiny_bert_processor
 
-__all__ = ["HFTextEncoder", "HFTextOptions", "examples", "tiny_bert"]
+__all__ = ["HFTextEncoder", "HFTextOptions", "TextProcessor", "examples", "tiny_bert", "tiny_bert_processor"]
 
 ACCEPTS = (
     "str (any text; a str naming an existing file is read as that file)",
@@ -64,7 +64,7 @@ def register_modalities(register):
     )
 
 
-def _preset(weights: str, pooling: str | None = None, prefix: str = ""):
+def _preset(weights: str, pooling: str | None = None, prefix: str = "", build: Any = HFTextEncoder):
     def factory(**opts):
         opts = {k: v for k, v in opts.items() if v is not None}
         opts.setdefault("weights", weights)
@@ -72,35 +72,43 @@ def _preset(weights: str, pooling: str | None = None, prefix: str = ""):
             opts.setdefault("pooling", pooling)
         if prefix and not opts.get("prefix"):
             opts["prefix"] = prefix
-        return HFTextEncoder(**opts)
+        return build(**opts)
 
     return factory
+
+
+def _processor(weights: str, pooling: str | None = None, prefix: str = ""):
+    return _preset(weights, pooling, prefix, build=TextProcessor.from_options)
 
 
 @hookimpl
 def register_encoders(register):
     register(EncoderSpec(
         name="minilm-l6", modality="text", factory=_preset("sentence-transformers/all-MiniLM-L6-v2"),
+        processor=_processor("sentence-transformers/all-MiniLM-L6-v2"),
         options=HFTextOptions, weights="sentence-transformers/all-MiniLM-L6-v2", license="apache-2.0",
         description="all-MiniLM-L6-v2: 6-layer MiniLM, 384-d, mean pooling, 256 tokens max",
     ))
     register(EncoderSpec(
         name="e5-small-v2", modality="text", factory=_preset("intfloat/e5-small-v2", prefix="query: "),
+        processor=_processor("intfloat/e5-small-v2", prefix="query: "),
         options=HFTextOptions, weights="intfloat/e5-small-v2", license="mit",
         description="E5-small-v2: 384-d, mean pooling; prefix 'query: ' (use prefix='passage: ' for documents)",
     ))
     register(EncoderSpec(
         name="bge-small-en", modality="text", factory=_preset("BAAI/bge-small-en-v1.5", pooling="cls"),
+        processor=_processor("BAAI/bge-small-en-v1.5", pooling="cls"),
         options=HFTextOptions, weights="BAAI/bge-small-en-v1.5", license="mit",
         description="BGE-small-en-v1.5: 384-d, CLS pooling",
     ))
     register(EncoderSpec(
         name="hf-text", modality="text", factory=lambda **o: HFTextEncoder(**o),
+        processor=lambda **o: TextProcessor.from_options(**o),
         options=HFTextOptions, weights=None, license="depends on weights",
         description="any transformers AutoModel text encoder: pass weights=HUB_ID_OR_DIR",
     ))
     register(EncoderSpec(
-        name="tiny-bert", modality="text", factory=tiny_bert, options=TinyBertOptions,
+        name="tiny-bert", modality="text", factory=tiny_bert, processor=tiny_bert_processor, options=TinyBertOptions,
         weights=None, license="apache-2.0", pretrained=False,
         description="untrained 2-layer BERT with a character-level WordPiece vocabulary (tests, demos)",
     ))

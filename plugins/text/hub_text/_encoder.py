@@ -11,6 +11,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from hub import Encoder, TokenEmbeddings
+from hub.processor import Processor
 from hub.errors import InvalidOptionsError
 from hub.weights import from_pretrained
 
@@ -74,6 +75,99 @@ def _st_config(path: Path) -> dict[str, Any]:
     return out
 
 
+class TextProcessor(Processor):
+    """Text → token ids with the model's tokenizer; the weights-free half of :class:`HFTextEncoder`."""
+
+    modality = "text"
+    accepts = ("str", "path to a .txt or .md file")
+
+    def __init__(self, tokenizer: Any, max_length: int, prefix: str = "", *, pooling: str = "mean",
+                 config: Any = None) -> None:
+        self.tokenizer = tokenizer
+        self.max_length = int(max_length)
+        self.prefix = prefix
+        self.pooling = pooling
+        self.config = config  # the model config (small), saved with the processor so exports carry it
+
+    @classmethod
+    def from_options(cls, weights: str | None = None, max_length: int | None = None, pooling: str | None = None,
+                     prefix: str = "", allow_download: bool | None = None) -> "TextProcessor":
+        """The tokenizer, max length and pooling of ``weights`` (a hub id or directory); no model weights load."""
+        from transformers import AutoConfig, AutoTokenizer
+
+        if not weights:
+            raise InvalidOptionsError("hf-text needs weights=HUB_ID_OR_DIRECTORY")
+        source = packaged_model_dir(weights) or weights
+        tokenizer = from_pretrained(AutoTokenizer, source, allow_download=allow_download, what="tokenizer", safetensors=False)
+        config = None
+        if not Path(source).is_dir() or (Path(source) / "config.json").is_file():  # a saved processor may have none
+            config = from_pretrained(AutoConfig, source, allow_download=allow_download, what="text model config",
+                                     safetensors=False)
+        st = _st_config(Path(source)) if Path(source).is_dir() else {}
+        limit = _limit(tokenizer, config)
+        return cls(tokenizer, int(max_length or st.get("max_seq_length") or limit), prefix,
+                   pooling=pooling or st.get("pooling") or "mean", config=config)
+
+    def prepare(self, item: Any, index: int = 0) -> dict[str, list[int]]:
+        text = item
+        if isinstance(item, Path):
+            if item.suffix.lower() not in (".txt", ".md"):
+                raise self.invalid(index, item, f"cannot read {item.suffix or 'extension-less'} files as text")
+            try:
+                text = item.read_text(encoding="utf-8")
+            except (OSError, UnicodeDecodeError) as exc:
+                raise self.invalid(index, item, f"cannot read as UTF-8 text ({exc})") from None
+        if not isinstance(text, str):
+            raise self.invalid(index, item, f"expected text, got {type(item).__name__}")
+        if not text.strip():
+            raise self.invalid(index, item, "empty or whitespace-only text", "non-empty str")
+        enc = self.tokenizer(self.prefix + text, truncation=True, max_length=self.max_length)
+        return {k: enc[k] for k in ("input_ids", "token_type_ids") if k in enc}
+
+    def collate(self, prepared: Sequence[dict[str, list[int]]]) -> dict[str, torch.Tensor]:
+        batch = self.tokenizer.pad(list(prepared), padding=True, return_tensors="pt")
+        return {k: v for k, v in batch.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
+
+    def num_tokens(self, prepared: dict[str, list[int]]) -> int:
+        return len(prepared["input_ids"])
+
+    #: the registered encoder whose ``processor`` factory reloads :meth:`save`'s output
+    reload_as = "hf-text"
+
+    def save(self, directory: str | Path) -> dict[str, Any]:
+        """Tokenizer files, the model config and a sentence-transformers config (max length, pooling)."""
+        out = Path(directory)
+        out.mkdir(parents=True, exist_ok=True)
+        self.tokenizer.save_pretrained(out)
+        if self.config is not None:
+            self.config.save_pretrained(out)
+        _write_st_config(out, self.max_length, self.pooling, getattr(self.config, "hidden_size", None))
+        return {"max_length": self.max_length, "pooling": self.pooling, "prefix": self.prefix}
+
+
+def _limit(tokenizer: Any, config: Any) -> int:
+    return min(
+        int(getattr(tokenizer, "model_max_length", 10**9) or 10**9),
+        int(getattr(config, "max_position_embeddings", 10**9) or 10**9),
+    )
+
+
+def _write_st_config(out: Path, max_length: int, pooling: str, dim: int | None) -> None:
+    """sentence-transformers' files: ``sentence_bert_config.json``, ``1_Pooling/config.json``, ``modules.json``."""
+    (out / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": max_length}))
+    (out / "1_Pooling").mkdir(exist_ok=True)
+    (out / "1_Pooling" / "config.json").write_text(json.dumps({
+        "word_embedding_dimension": dim,
+        "pooling_mode_cls_token": pooling == "cls",
+        "pooling_mode_mean_tokens": pooling == "mean",
+        "pooling_mode_max_tokens": pooling == "max",
+    }))
+    (out / "modules.json").write_text(json.dumps([
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+    ]))
+
+
 class HFTextEncoder(Encoder):
     """Text → one token per word piece, from a transformers ``AutoModel``.
 
@@ -100,54 +194,35 @@ class HFTextEncoder(Encoder):
         tokenizer: Any = None,
     ) -> None:
         super().__init__()
-        from transformers import AutoModel, AutoTokenizer
+        from transformers import AutoModel
 
         if model is None:
-            if not weights:
-                raise InvalidOptionsError("hf-text needs weights=HUB_ID_OR_DIRECTORY")
-            local = packaged_model_dir(weights)
-            source = local or weights
-            tokenizer = from_pretrained(AutoTokenizer, source, allow_download=allow_download, what="tokenizer", safetensors=False)
+            processor = TextProcessor.from_options(weights, max_length, pooling, prefix, allow_download)
+            source = packaged_model_dir(weights) or weights
             model = from_pretrained(AutoModel, source, allow_download=allow_download, what="text model")
-            st = _st_config(Path(source)) if Path(source).is_dir() else {}
         else:
-            st = {}
+            processor = TextProcessor(tokenizer, int(max_length or _limit(tokenizer, model.config)), prefix,
+                                      pooling=pooling or "mean", config=model.config)
         self.weights = weights
         self.model = model.eval()
-        self.tokenizer = tokenizer
-        cfg = model.config
-        limit = min(
-            int(getattr(tokenizer, "model_max_length", 10**9) or 10**9),
-            int(getattr(cfg, "max_position_embeddings", 10**9) or 10**9),
-        )
-        self.max_length = int(max_length or st.get("max_seq_length") or limit)
-        self.pooling = pooling or st.get("pooling") or "mean"
-        self.prefix = prefix
-        self.dim = int(cfg.hidden_size)
+        self.item_processor = processor
+        self.dim = int(model.config.hidden_size)
 
-    # -- preprocess --------------------------------------------------------------
-    def prepare(self, item: Any, index: int = 0) -> dict[str, list[int]]:
-        text = item
-        if isinstance(item, Path):
-            if item.suffix.lower() not in (".txt", ".md"):
-                raise self.invalid(index, item, f"cannot read {item.suffix or 'extension-less'} files as text")
-            try:
-                text = item.read_text(encoding="utf-8")
-            except (OSError, UnicodeDecodeError) as exc:
-                raise self.invalid(index, item, f"cannot read as UTF-8 text ({exc})") from None
-        if not isinstance(text, str):
-            raise self.invalid(index, item, f"expected text, got {type(item).__name__}")
-        if not text.strip():
-            raise self.invalid(index, item, "empty or whitespace-only text", "non-empty str")
-        enc = self.tokenizer(self.prefix + text, truncation=True, max_length=self.max_length)
-        return {k: enc[k] for k in ("input_ids", "token_type_ids") if k in enc}
+    @property
+    def tokenizer(self) -> Any:
+        return self.item_processor.tokenizer
 
-    def collate(self, prepared: Sequence[dict[str, list[int]]]) -> dict[str, torch.Tensor]:
-        batch = self.tokenizer.pad(list(prepared), padding=True, return_tensors="pt")
-        return {k: v for k, v in batch.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
+    @property
+    def max_length(self) -> int:
+        return self.item_processor.max_length
 
-    def num_tokens(self, prepared: dict[str, list[int]]) -> int:
-        return len(prepared["input_ids"])
+    @property
+    def prefix(self) -> str:
+        return self.item_processor.prefix
+
+    @property
+    def pooling(self) -> str:  # type: ignore[override]
+        return self.item_processor.pooling
 
     # -- forward ------------------------------------------------------------------
     def forward(
@@ -169,19 +244,7 @@ class HFTextEncoder(Encoder):
         so ``hf-text`` with ``weights=directory`` — or ``SentenceTransformer(directory)`` — reloads it."""
         out = Path(directory)
         self.model.save_pretrained(out)
-        self.tokenizer.save_pretrained(out)
-        (out / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": self.max_length}))
-        (out / "1_Pooling").mkdir(exist_ok=True)
-        (out / "1_Pooling" / "config.json").write_text(json.dumps({
-            "word_embedding_dimension": self.dim,
-            "pooling_mode_cls_token": self.pooling == "cls",
-            "pooling_mode_mean_tokens": self.pooling == "mean",
-            "pooling_mode_max_tokens": self.pooling == "max",
-        }))
-        (out / "modules.json").write_text(json.dumps([
-            {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
-            {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
-        ]))
+        self.item_processor.save(out)
 
 
 def _char_vocab() -> list[str]:
@@ -189,12 +252,23 @@ def _char_vocab() -> list[str]:
     return ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + chars + [f"##{c}" for c in chars]
 
 
-def tiny_bert(seed: int = 0, hidden_size: int = 32, num_layers: int = 2, max_length: int = 64) -> HFTextEncoder:
-    """An untrained BERT preset with a character-level WordPiece tokenizer, built offline."""
-    from transformers import BertConfig, BertModel, BertTokenizerFast
+def _tiny_tokenizer(max_length: int) -> Any:
+    from transformers import BertTokenizerFast
 
     vocab = {token: i for i, token in enumerate(_char_vocab())}
-    tokenizer = BertTokenizerFast(vocab=vocab, do_lower_case=True, model_max_length=max_length)
+    return BertTokenizerFast(vocab=vocab, do_lower_case=True, model_max_length=max_length)
+
+
+def tiny_bert_processor(seed: int = 0, hidden_size: int = 32, num_layers: int = 2, max_length: int = 64) -> TextProcessor:
+    """The processor of :func:`tiny_bert`: its character-level tokenizer (no weights)."""
+    return TextProcessor(_tiny_tokenizer(max_length), max_length)
+
+
+def tiny_bert(seed: int = 0, hidden_size: int = 32, num_layers: int = 2, max_length: int = 64) -> HFTextEncoder:
+    """An untrained BERT preset with a character-level WordPiece tokenizer, built offline."""
+    from transformers import BertConfig, BertModel
+
+    tokenizer = _tiny_tokenizer(max_length)
     config = BertConfig(
         vocab_size=len(tokenizer), hidden_size=hidden_size, num_hidden_layers=num_layers,
         num_attention_heads=max(1, hidden_size // 16), intermediate_size=hidden_size * 2,

@@ -1,0 +1,5 @@
+"""``python -m hub.cli``: the ``mhub`` command line."""
+
+from . import main
+
+main()
