@@ -311,9 +311,13 @@ def test_ray_mixed_and_directory_match_hub_embed(ray_session, mixed, tmp_path, h
 @pytest.mark.slow
 @pytest.mark.parametrize("point", ["before-rename", "after-rename"])
 def test_ray_actor_crash_still_writes_every_id_once(ray_session, tmp_path, hub, monkeypatch, point):
-    src = tmp_path / "c.jsonl"
     n = 48
-    src.write_text("".join(json.dumps({"id": f"c{i}", "text": f"crash test row {i}"}) + "\n" for i in range(n)))
+    if point == "before-rename":
+        src = tmp_path / "c.jsonl"
+        src.write_text("".join(json.dumps({"id": f"c{i}", "text": f"crash test row {i}"}) + "\n" for i in range(n)))
+    else:  # (and read_parquet: one file, split into blocks for both actors)
+        src = tmp_path / "c.parquet"
+        pq.write_table(pa.table({"id": [f"c{i}" for i in range(n)], "text": [f"crash test row {i}" for i in range(n)]}), src)
     monkeypatch.setenv(ENV_FAULT, f"2:{point}")
     s = embed_dataset(src, tmp_path / "out", encoder="minilm-l6", engine="ray", workers=2, batch_size=4, hub=hub,
                       progress=False, lance=False)

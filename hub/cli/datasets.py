@@ -26,7 +26,7 @@ from ._common import fail, parse_options
 @click.option("--workers", "-w", type=click.IntRange(min=1), default=2, show_default=True,
               help="Ray actors (--engine ray).")
 @click.option("--address", help="Ray cluster address for ray.init(address=...) (default: RAY_ADDRESS or a local Ray).")
-@click.option("--num-cpus", type=click.FloatRange(min=0.01), help="CPUs per Ray actor (default: 80%% of the cluster's CPUs shared, at most 1).")
+@click.option("--num-cpus", type=click.FloatRange(min=0.01), help="CPUs per Ray actor (default: the cluster's CPUs less one, shared; at most 1). Leave a CPU for Ray Data's read tasks.")
 @click.option("--num-gpus", type=click.FloatRange(min=0), help="GPUs per Ray actor (default: a share when the cluster has GPUs).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=1024, show_default=True,
               help="Rows per batch (one part file per space per batch).")

@@ -15,7 +15,7 @@ import pyarrow.compute as pc
 from ..errors import InvalidInputError, InvalidOptionsError
 from . import _store as store
 from ._config import fault_setting, package_versions
-from ._embed import BatchEmbedder, build_config, extension_map
+from ._embed import BatchEmbedder, build_config, extension_map, plugins_for
 from ._fault import Fault
 from ._sources import Source, open_source
 
@@ -191,7 +191,7 @@ def embed_dataset(
         stats = run_ray(src, dest, config, batch_size=batch_size, model_batch_size=model_batch_size,
                         workers=workers, skip=skip if len(skip) else None, total=todo - len(extra or ()),
                         progress=show, fault=fault, num_cpus=num_cpus, num_gpus=num_gpus, address=address,
-                        cache=cache)
+                        cache=cache, plugins=plugins_for(hub, config), installed=hub.modalities())
         if extra is not None and len(extra):  # each duplicated id's first row, embedded here
             for rows in batches(_NoRows(), batch_size, None, extra):
                 w, e = write_tables(dest, embedder.embed(rows), Fault(None, dest))

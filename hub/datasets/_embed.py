@@ -27,7 +27,7 @@ from ._store import UNROUTED, schema_for
 if TYPE_CHECKING:  # pragma: no cover
     from .._hub import Hub
 
-__all__ = ["BatchEmbedder", "build_config", "extension_map"]
+__all__ = ["BatchEmbedder", "build_config", "extension_map", "plugins_for"]
 
 _ITEM_N = re.compile(r"^item \d+\b")
 
@@ -41,6 +41,16 @@ def extension_map(hub: "Hub") -> dict[str, list[str]]:
     return out
 
 
+def plugins_for(hub: "Hub", config: RunConfig) -> list[str] | None:
+    """The plugins a single-encoder run needs (a Ray actor loads only these); ``None`` with several
+    encoders, whose rows may need every modality's detection."""
+    if len(config.routes) != 1:
+        return None
+    (route,) = config.routes.values()
+    names = [p.name for p in hub.plugins() if p.ok and (route.encoder in p.encoders or route.modality in p.modalities)]
+    return names or None
+
+
 def build_config(hub: "Hub", encoder: Any, options: dict[str, Any] | None, *, normalize: bool, runtime: str,
                  tokens: bool) -> RunConfig:
     """Build every routed encoder once (refusing unknown encoders or bad options up front) and describe it."""
@@ -49,6 +59,8 @@ def build_config(hub: "Hub", encoder: Any, options: dict[str, Any] | None, *, no
     routes = {}
     for mod, name in names.items():
         enc = hub.encoder(name, modality=mod, **opts[mod])
+        if runtime == "onnx":  # export once here (cached), not concurrently in every Ray actor
+            hub.onnx_encoder(name, modality=mod, **opts[mod])
         routes[mod] = Route(modality=mod, encoder=enc.name, options=opts[mod], space=enc.space, dim=int(enc.dim),
                             pooling=enc.pooling, weights_sha256=weights_hash(enc))
     return RunConfig(routes=routes, normalize=normalize, runtime=runtime, tokens=tokens)
@@ -63,14 +75,14 @@ class BatchEmbedder:
     """Embeds :class:`Rows` with a :class:`RunConfig`; one per process (or Ray actor)."""
 
     def __init__(self, hub: "Hub", config: RunConfig, *, model_batch_size: int = 32, cache: Any = None,
-                 onnx_device: str = "cpu") -> None:
+                 onnx_device: str = "cpu", installed: list[str] | None = None) -> None:
         self.hub, self.config, self.model_batch_size = hub, config, model_batch_size
         self.versions = package_versions()
         self.schemas = {r.space: schema_for(r, config, self.versions) for r in config.routes.values()}
         self.schemas[UNROUTED] = schema_for(None, config, self.versions)
         self.by_space = {r.space: r for r in config.routes.values()}
         self.extensions = extension_map(hub)
-        self.installed = set(hub.modalities())
+        self.installed = set(installed or hub.modalities())  # (a Ray actor gets the driver's list)
         self.embed_kwargs: dict[str, Any] = {"runtime": config.runtime}
         if config.runtime == "onnx":
             self.embed_kwargs["onnx_device"] = onnx_device

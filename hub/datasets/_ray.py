@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from tqdm.auto import tqdm
 
+from .._registry import ENV_PLUGINS
 from ..errors import InvalidInputError, InvalidOptionsError
 from ._config import RunConfig
 from ._sources import FileSource, Rows, Source, TableSource, as_id
@@ -33,13 +35,18 @@ READ_CPUS = 0.1
 
 
 def actor_resources(workers: int, num_cpus: float | None, num_gpus: float | None) -> tuple[float, float]:
-    """CPUs and GPUs per actor: by default 80% of the cluster's CPUs shared by the actors (at most 1 each)
-    and one GPU share each when the cluster has GPUs."""
+    """CPUs and GPUs per actor.
+
+    By default the actors share the cluster's CPUs less one (at most 1 CPU each): Ray Data's own
+    tasks (reading, Parquet metadata and sampling, which ask for 0.5-1 CPU) must still find a slot,
+    or the pipeline waits forever for a CPU the actors hold.  A GPU share each when the cluster has GPUs.
+    """
     import ray
 
     res = ray.cluster_resources()
     if num_cpus is None:
-        num_cpus = max(0.05, min(1.0, round(0.8 * float(res.get("CPU", 1)) / workers, 2)))
+        cpus = float(res.get("CPU", 1))
+        num_cpus = max(0.05, min(1.0, round(max(cpus - 1.0, 0.2 * cpus) / workers, 2)))
     if num_gpus is None:
         gpus = float(res.get("GPU", 0))
         num_gpus = min(1.0, round(gpus / workers, 2)) if gpus else 0.0
@@ -51,7 +58,10 @@ class RayEmbedder:
 
     def __init__(self, *, config: dict[str, Any], dest: str, kind: str, id_column: str, column: str,
                  modality_column: str | None, base: str | None, root: str | None, skip: Any,
-                 fault: tuple[int, str] | None, model_batch_size: int, threads: int, cache: Any = None) -> None:
+                 fault: tuple[int, str] | None, model_batch_size: int, threads: int, cache: Any = None,
+                 plugins: list[str] | None = None, installed: list[str] | None = None) -> None:
+        if plugins and ENV_PLUGINS not in os.environ:  # load only the plugins this run needs (faster start)
+            os.environ[ENV_PLUGINS] = ",".join(plugins)
         import ray
         import torch
 
@@ -74,7 +84,7 @@ class RayEmbedder:
                     "on every node"
                 )
         self.embedder = BatchEmbedder(hub, cfg, model_batch_size=model_batch_size, cache=cache,
-                                      onnx_device="cuda" if gpu else "cpu")
+                                      onnx_device="cuda" if gpu else "cpu", installed=installed)
         self.dest, self.kind = Path(dest), kind
         self.id_column, self.column, self.modality_column = id_column, column, modality_column
         self.base, self.root = base, (Path(root) if root else None)
@@ -129,7 +139,7 @@ class RayEmbedder:
         return pa.table({"rows": [written], "errors": [errors], "skipped": [skipped], "device": [self.device]})
 
 
-def _read(source: Source, skip: pa.Array | None, read_cpus: float):
+def _read(source: Source, skip: pa.Array | None, read_cpus: float, blocks: int):
     """The Ray Data dataset of the source's rows (file sources already without the ``skip`` ids)."""
     import ray
 
@@ -138,7 +148,8 @@ def _read(source: Source, skip: pa.Array | None, read_cpus: float):
         paths = [str(p.resolve()) for p in source.files if source.id_of(p) not in done]
         if not paths:
             return None, None
-        return ray.data.read_binary_files(paths, include_paths=True, num_cpus=read_cpus), None
+        return ray.data.read_binary_files(paths, include_paths=True, num_cpus=read_cpus,
+                                          override_num_blocks=min(blocks, len(paths))), None
     assert isinstance(source, TableSource)
     files = [str(p.resolve()) for p in source.files]
     parents = {str(Path(f).parent) for f in files}
@@ -149,7 +160,8 @@ def _read(source: Source, skip: pa.Array | None, read_cpus: float):
             "the Ray engine needs each row's source file to resolve relative paths, and Ray names that column "
             "'path', which this source already uses; put the table files in one directory, or rename the column"
         )
-    args: dict[str, Any] = {"include_paths": base is None, "num_cpus": read_cpus}
+    # enough blocks for every actor to get work even from one file (Ray splits a read task's output)
+    args: dict[str, Any] = {"include_paths": base is None, "num_cpus": read_cpus, "override_num_blocks": blocks}
     if source.kind == "parquet":
         ds = ray.data.read_parquet(files, columns=cols, **args)
     elif source.kind == "csv":
@@ -167,7 +179,8 @@ def _read(source: Source, skip: pa.Array | None, read_cpus: float):
 def run_ray(source: Source, dest: Path, config: RunConfig, *, batch_size: int, model_batch_size: int, workers: int,
             skip: pa.Array | None, total: int, progress: bool, fault: tuple[int, str] | None,
             num_cpus: float | None = None, num_gpus: float | None = None, address: str | None = None,
-            cache: Any = None) -> dict[str, Any]:
+            cache: Any = None, plugins: list[str] | None = None, installed: list[str] | None = None
+            ) -> dict[str, Any]:
     """Embed ``source`` into DEST on Ray Data; returns counts, seconds and the actors' devices."""
     try:
         import ray
@@ -187,7 +200,8 @@ def run_ray(source: Source, dest: Path, config: RunConfig, *, batch_size: int, m
         ctx.enable_progress_bars = False  # ours counts rows; Ray's dashboard shows the operators
         logging.getLogger("ray.data").setLevel(logging.WARNING)
         cpus, gpus = actor_resources(workers, num_cpus, num_gpus)
-        ds, base = _read(source, skip, READ_CPUS)
+        blocks = max(2 * workers, min(-(-max(total, 1) // batch_size), 20_000))
+        ds, base = _read(source, skip, READ_CPUS, blocks)
         written = errors = 0
         devices: set[str] = set()
         if ds is not None:
@@ -199,7 +213,7 @@ def run_ray(source: Source, dest: Path, config: RunConfig, *, batch_size: int, m
                 modality_column=tm, base=base,
                 root=str(source.root.resolve()) if isinstance(source, FileSource) else None,
                 skip=skip_ref, fault=fault, model_batch_size=model_batch_size, threads=max(1, int(round(cpus))),
-                cache=cache,
+                cache=cache, plugins=plugins, installed=installed,
             )
             # Ray Data restarts a dead actor and retries its batch by default (max_restarts=-1,
             # max_task_retries=-1 on actor pools; passing them through ray_remote_args is deprecated).
