@@ -25,7 +25,6 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from .._manifest import read_manifest
 from .._registry import Registry, default_registry
 from ..backbone import Backbone
 from ..encoder import Encoder

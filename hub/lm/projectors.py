@@ -249,7 +249,7 @@ class Projector(nn.Module):
     # -- weights ---------------------------------------------------------------
     def save(self, directory: str | os.PathLike) -> None:
         """Write ``directory/projector.json`` + ``projector.safetensors`` atomically (staged beside, then swapped;
-        into a directory holding other files too, each file is replaced atomically on its own)."""
+        into an empty directory or one holding other files too, file by file, the config last)."""
         from safetensors.torch import save
 
         from .._atomic import atomic_dir, atomic_write_bytes
@@ -258,7 +258,7 @@ class Projector(nn.Module):
         blobs = {WEIGHTS_NAME: save(state, metadata={"format": "pt", "kind": self.kind}),
                  CONFIG_NAME: (self.config.model_dump_json(indent=2) + "\n").encode()}
         path = Path(directory)
-        if path.is_dir() and set(os.listdir(path)) - set(blobs):
+        if path.is_dir() and (not os.listdir(path) or set(os.listdir(path)) - set(blobs)):  # e.g. a staged bundle
             for name, data in blobs.items():
                 atomic_write_bytes(path / name, data)
             return
