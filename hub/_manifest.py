@@ -1,23 +1,17 @@
 """Reading what the hub loads from directories it did not necessarily write: manifests, paths, options, weights.
 
-Bundles, aligned-projector directories, exports, starter packs and checkpoints are
-exchanged like model repos, so everything here treats a directory as untrusted input:
+Bundles, aligned-projector directories, exports, starter packs and checkpoints are exchanged like
+model repos, so everything here treats a directory as untrusted input:
 
-* :func:`read_manifest` — a JSON manifest through its pydantic model, with a size cap
-  checked *before* parsing and a format number (older formats load with a warning);
-* :func:`inside` — a manifest-relative path resolved inside the directory: no ``..``, no
-  absolute path, no symlink leading out;
-* :func:`file_options` — options that came from a file can only *narrow* what the caller
-  and the environment allow: ``allow_download: true``, ``trust_remote_code`` and device
-  keys are refused, path-valued options must be hub ids, sizes are capped;
-* :func:`safetensors_header` / :func:`check_tensors` — a safetensors header parsed by hand
-  (8-byte length + JSON) and checked against the expected names, shapes and dtypes and
-  against caps, before any tensor is allocated (a pickle renamed ``.safetensors`` or a
-  truncated file is refused here);
-* :func:`hash_files` / :func:`verify_files` — sha256 of every file of a bundle or aligned
-  directory, recorded in its manifest (format 2) and checked on load;
-* :func:`check_pretrained_dir` — a ``save_pretrained`` directory inside a bundle is checked
-  (only listed files, safetensors only, sane ``config.json``) before transformers sees it.
+* :func:`read_manifest` — a JSON manifest through its pydantic model, size-capped *before* parsing,
+  with a format number (older formats load with a warning);
+* :func:`inside` — a manifest-relative path kept inside the directory (no ``..``, no absolute path,
+  no symlink leading out);
+* :func:`file_options` — options from a file can only *narrow* what the caller allows;
+* :func:`safetensors_header` / :func:`check_tensors` — a safetensors header parsed by hand and checked
+  against the expected names, shapes, dtypes and caps before any tensor is allocated;
+* :func:`hash_files` / :func:`verify_files` — sha256 of every file, recorded and checked;
+* :func:`check_pretrained_dir` — a ``save_pretrained`` directory checked before transformers sees it.
 
 Every refusal is a :class:`~hub.errors.BundleError` naming the file, what was refused and why.
 """
@@ -42,7 +36,7 @@ M = TypeVar("M", bound=BaseModel)
 
 __all__ = [
     "read_manifest", "read_json", "inside", "check_widths", "file_options", "safetensors_header", "check_tensors",
-    "hash_files", "verify_files", "check_pretrained_dir", "check_tree", "file_sha256", "estimate_params",
+    "hash_files", "verify_files", "check_pretrained_dir", "load_module_state", "check_tree", "file_sha256", "estimate_params",
     "is_hub_id", "LegacyFormatWarning", "BundleFileMissingError", "BundleConfigError",
     "MANIFEST_MAX_BYTES", "CONFIG_MAX_BYTES", "TOKENIZER_MAX_BYTES", "MAX_WIDTH", "MAX_PARAMS",
 ]
@@ -78,10 +72,6 @@ class BundleConfigError(BundleError, InvalidOptionsError):
 # -- files and JSON ------------------------------------------------------------------------------
 
 
-def _fix(fix: str) -> str:
-    return f" ({fix})" if fix else ""
-
-
 def read_json(path: Path, what: str, max_bytes: int = MANIFEST_MAX_BYTES, *,
               error: type[BundleError] = BundleError) -> Any:
     """JSON from ``path`` with a size cap checked before reading (``error``, a :class:`BundleError`, otherwise)."""
@@ -109,7 +99,8 @@ def read_manifest(path: Path, model: type[M], what: str, fmt: int, fix: str = ""
     """
     path = Path(path)
     if not path.is_file():
-        raise BundleFileMissingError(f"{str(path.parent)!r} is not {what}: {path.name} is missing" + _fix(fix))
+        raise BundleFileMissingError(f"{str(path.parent)!r} is not {what}: {path.name} is missing"
+                                     + (f" ({fix})" if fix else ""))
     raw = read_json(path, f"the manifest of {what}", max_bytes)
     found = raw.get("format", fmt) if isinstance(raw, dict) else fmt
     legacy = tuple(legacy)
@@ -450,6 +441,25 @@ def check_tensors(path: Path, expected: Mapping[str, tuple[int, ...]], what: str
         problems.append(f"dtypes {', '.join(bad_dtype)} (accepted: {', '.join(dtypes)})")
     if problems:
         raise error(f"{str(path)!r} does not match {what}: " + ", ".join(problems) + (f". {hint}" if hint else ""))
+
+
+def load_module_state(module: Any, root: Path, relative: str, what: str) -> Path:
+    """Copy ``root/relative`` (a safetensors state dict) into ``module`` after the checks: the path stays
+    inside ``root`` (:func:`inside`) and its header names exactly the module's tensors and shapes
+    (:func:`check_tensors`), so nothing is allocated for a pickle, a truncated file or other shapes.
+    Returns the file's path; refusals are :class:`BundleError`."""
+    from safetensors.torch import load_model
+
+    if not isinstance(relative, str) or not relative.endswith(".safetensors"):
+        raise BundleError(f"{what}: {relative!r} must name a .safetensors file; refused")
+    path = inside(root, relative, what)
+    expected = {k: tuple(v.shape) for k, v in module.state_dict().items()}
+    check_tensors(path, expected, what, dtypes=tuple(_ST_DTYPES))
+    try:
+        load_model(module, str(path))
+    except Exception as exc:  # noqa: BLE001 - safetensors / torch errors: the file does not fit
+        raise BundleError(f"{what}: {str(path)!r} cannot be loaded ({type(exc).__name__}: {exc})") from None
+    return path
 
 
 def stored_params(directory: Path, files: Iterable[Path], what: str) -> int:

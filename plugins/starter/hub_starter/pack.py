@@ -351,9 +351,7 @@ def load_starter_pack(directory: str | os.PathLike, *, hub: Hub | None = None) -
     directory whose header matches the encoder.  A pack without hashes loads with a warning."""
     import warnings
 
-    from safetensors.torch import load_model
-
-    from hub._manifest import LegacyFormatWarning, check_tensors, inside, read_manifest, verify_files
+    from hub._manifest import LegacyFormatWarning, inside, load_module_state, read_manifest, verify_files
 
     hub = hub or Hub()
     root = Path(directory)
@@ -383,10 +381,7 @@ def load_starter_pack(directory: str | os.PathLike, *, hub: Hub | None = None) -
             if not isinstance(state, str) or "/" in state or "\\" in state or not state.endswith(".safetensors"):
                 raise BundleError(f"{where}: modalities.{m}.encoder_state {state!r} must name a .safetensors file in "
                                   f"{m}/; refused")
-            file = inside(root / m, state, f"{where}: modalities.{m}.encoder_state")
-            check_tensors(file, {k: tuple(v.shape) for k, v in result.encoder.state_dict().items()},
-                          f"the {m} encoder state", dtypes=("F32", "F16", "BF16", "F64", "I64", "I32", "BOOL", "U8"))
-            load_model(result.encoder, str(file))
+            load_module_state(result.encoder, inside(root, m, where), state, f"{where}: modalities.{m}.encoder_state")
             result.encoder.eval()
         data = build_data(m, manifest.seed, **manifest.budget.plans[m].data)
         if data.fingerprint() != info.get("fingerprint"):
