@@ -281,13 +281,14 @@ def fmt(v: Any, spec: str = ".1f") -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="small counts, for development")
+    ap.add_argument("--scale", type=float, default=None, help="multiply the request counts (default 1, --quick 0.2)")
     ap.add_argument("--rss-requests", type=int, default=None, help="mixed requests of the RSS check (default 10000)")
     ap.add_argument("--infinity-python", default="/tmp/infinity-venv/bin/python",
                     help="python of a venv with infinity-emb[server,torch]")
     ap.add_argument("--json", type=Path, default=Path("benchmarks/results/serve.json"))
     args = ap.parse_args()
-    scale = 0.2 if args.quick else 1.0
-    counts = {c: max(c, int(scale * n)) for c, n in {1: 60, 8: 320, 32: 960, 64: 1280}.items()}
+    scale = args.scale if args.scale is not None else (0.2 if args.quick else 1.0)
+    counts = {c: max(c, int(scale * n)) for c, n in {1: 40, 8: 160, 32: 480, 64: 640}.items()}
     rss_n = args.rss_requests or (400 if args.quick else 10_000)
     out: dict[str, Any] = {"machine": {"cpus": os.cpu_count()}, "per_request": PER_REQUEST, "counts": counts}
 
@@ -320,7 +321,8 @@ def main() -> None:
     finally:
         for server in servers.values():
             server.stop()
-    rows.sort(key=lambda r: list(dict.fromkeys(x["system"] for x in rows)).index(r["system"]))
+    order = list(dict.fromkeys(r["system"] for r in rows))
+    rows.sort(key=lambda r: order.index(r["system"]))
     out["throughput"] = rows
     out["infinity"] = infinity_note or "measured"
 

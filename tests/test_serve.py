@@ -588,3 +588,26 @@ def test_cli_help():
                    "--max-batch-cost", "--max-wait-ms", "--max-body-bytes"):
         assert option in out
     assert "127.0.0.1" in out
+
+
+def test_load_models_aliases_and_warm_up(hub, tmp_path):
+    from hub.errors import InvalidOptionsError
+    from hub.serve import load_models
+
+    models = load_models(["gin=graphs"], hub=hub)
+    assert [(m.alias, m.modality, m.runtime) for m in models] == [("graphs", "graph", "torch")]
+    assert len(models[0].warm_up) == 32  # the modality's registered examples
+    with pytest.raises(InvalidOptionsError, match="served twice"):
+        load_models(["gin", "gin"], hub=hub)
+    with pytest.raises(InvalidOptionsError, match="ONNX export"):
+        load_models([str(tmp_path)], hub=hub)
+    with BackgroundServer(create_app(models)) as s:
+        deadline = time.monotonic() + 60
+        while (r := httpx.get(f"{s.url}/health/ready")).status_code != 200:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        assert r.json()["models"]["graphs"]["warm"] is True
+        metrics = httpx.get(f"{s.url}/metrics").text
+        assert 'mhub_batch_size_count{model="graphs"}' not in metrics  # warm-up batches are not client batches
+        assert float(next(line.split()[-1] for line in metrics.splitlines()
+                          if line.startswith('mhub_batch_duration_seconds_count{model="graphs"}'))) >= 4

@@ -44,10 +44,10 @@ _BIG_RESPONSE = 50_000
 class ServerCore:
     """Everything a running app holds: models, batchers, prepare threads, metrics, gate state."""
 
-    def __init__(self, models: Sequence[ServedModel], config: ServeConfig) -> None:
+    def __init__(self, models: Sequence[ServedModel], config: ServeConfig, *, allow_empty: bool = False) -> None:
         self.cfg = config
         self.models = {m.alias: m for m in models}
-        if not self.models:
+        if not self.models and not allow_empty:  # allow_empty: a chat-only server (issue 13)
             raise ApiError(500, "no models to serve", reason="internal")
         self.metrics = Metrics()
         self.gate = GateState()
@@ -61,7 +61,7 @@ class ServerCore:
         now = time.monotonic()
         workers = {}
         for alias, b in self.batchers.items():
-            workers[alias] = {"alive": b.alive(), "queued_items": b.queued_items, "preparing_items": b.reserved_items,
+            workers[alias] = {"alive": b.alive(), "warm": b.warm, "queued_items": b.queued_items, "preparing_items": b.reserved_items,
                               "last_heartbeat_s": round(now - b.last_beat, 3),
                               "busy_s": round(now - b.busy_since, 3) if b.busy_since else 0.0}
         ready = not self.gate.draining and all(w["alive"] for w in workers.values())
@@ -182,23 +182,31 @@ async def _parse(request: Request) -> EmbeddingRequest:
         raise ApiError(422, f"{param or 'body'}: {err.get('msg')}", param=param, reason="invalid_request") from None
 
 
-def create_app(models: Sequence[ServedModel] | Mapping[str, Any], config: ServeConfig | None = None) -> FastAPI:
-    """The server app for ``models`` (``ServedModel`` s, or a mapping of model id → encoder)."""
+def create_app(models: Sequence[ServedModel] | Mapping[str, Any], config: ServeConfig | None = None, *,
+               chat: Any = None) -> FastAPI:
+    """The server app for ``models`` (``ServedModel`` s, or a mapping of model id → encoder).
+
+    ``chat``: a :class:`hub.serve.chat.ChatService` adds ``/v1/chat/completions`` and ``/v1/admin/*``
+    (then ``models`` may be empty)."""
     cfg = config or ServeConfig()
     if isinstance(models, Mapping):
         models = [ServedModel(alias, enc, alias) for alias, enc in models.items()]
-    core = ServerCore(list(models), cfg)
+    core = ServerCore(list(models), cfg, allow_empty=chat is not None)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        for b in core.batchers.values():
-            b.start()
+        for alias, b in core.batchers.items():
+            b.start(core.models[alias].warm_up)
+        if chat is not None:  # -- chat (issue 13) --
+            chat.start()
         core.readiness()
         try:
             yield
         finally:
             for b in core.batchers.values():
                 await b.stop()
+            if chat is not None:  # -- chat (issue 13) --
+                await chat.aclose()
             for pool in core.prepare_pools.values():
                 pool.shutdown(wait=False, cancel_futures=True)
 
@@ -249,11 +257,14 @@ def create_app(models: Sequence[ServedModel] | Mapping[str, Any], config: ServeC
     @app.get("/v1/models", response_model=ModelList)
     async def list_models() -> ModelList:
         limits = {k: v for k, v in cfg.model_dump().items() if k.startswith("max_")}
-        return ModelList(data=[
+        cards = [
             ModelCard(id=a, created=core.created, encoder=str(getattr(m.encoder, "name", a)), modality=m.modality,
                       dim=m.dim, space=m.space, runtime=m.runtime, device=m.device, matryoshka_dims=m.matryoshka_dims,
                       limits=limits)
-            for a, m in core.models.items()])
+            for a, m in core.models.items()]
+        if chat is not None:  # -- chat (issue 13): the chat model and what is plugged --
+            cards += chat.model_cards(core.created, limits)
+        return ModelList(data=cards)
 
     @app.get("/health/live")
     async def live() -> dict[str, str]:
@@ -268,6 +279,9 @@ def create_app(models: Sequence[ServedModel] | Mapping[str, Any], config: ServeC
     async def metrics() -> Response:
         core.readiness()
         return Response(core.metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
+    if chat is not None:  # -- chat (issue 13): /v1/chat/completions, /v1/admin/plug, /v1/admin/unplug --
+        chat.install(app, core)
 
     app.add_middleware(Gate, state=core.gate, api_key=cfg.api_key, max_body_bytes=cfg.max_body_bytes,
                        on_reject=core.reject)

@@ -1,11 +1,15 @@
 """Dynamic batching for one served encoder: a bounded queue and a worker thread.
 
+The worker warms the encoder up before the server reports ready (a few batches of the modality's
+examples), so the first requests do not pay for first-call allocations.
+
 Requests arrive already prepared (``encoder.prepare`` ran per item, so a bad item never
 reaches a batch) with each item's length (the token count that sets padding, known before
 running).  The worker coroutine cuts batches from the queue in arrival order:
 
-* by a **cost budget**: ``items x longest item's length <= max_batch_cost`` (padding counts),
-  and at most ``max_batch_items`` items; a request may be split across batches;
+* everything queued is taken at once, its items sorted by length (less padding), then cut by a
+  **cost budget**: ``items x longest item's length <= max_batch_cost`` (padding counts), and at
+  most ``max_batch_items`` items; a request may be split across batches;
 * after a **short wait** (``max_wait_ms``) for more items, but only while other requests for
   this encoder are still being prepared: with nothing on the way, a batch runs at once;
 * with batching off, each batch holds one request's items.
@@ -53,7 +57,6 @@ class _Job:
     want_tokens: bool
     future: asyncio.Future
     results: list[ItemResult | None] = field(default_factory=list)
-    next: int = 0
     remaining: int = 0
 
 
@@ -71,13 +74,16 @@ class Batcher:
         self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"mhub-batch-{name}")
         self.last_beat = time.monotonic()
         self.busy_since: float | None = None
+        self.warm = False
         self._rate = 0.0  # items/s, exponential moving average over batches
 
     # -- lifecycle ---------------------------------------------------------------------------
-    def start(self) -> None:
+    def start(self, warm_up: list[Any] | None = None) -> None:
+        """Start the worker; it first runs ``warm_up`` items (not ready until they are done)."""
         self._wake = asyncio.Event()
         self.last_beat = time.monotonic()
-        self._task = asyncio.get_running_loop().create_task(self._loop(), name=f"mhub-batcher-{self.name}")
+        self.warm = not warm_up
+        self._task = asyncio.get_running_loop().create_task(self._loop(warm_up), name=f"mhub-batcher-{self.name}")
 
     async def stop(self) -> None:
         if self._task is not None:
@@ -94,7 +100,7 @@ class Batcher:
 
     def alive(self) -> bool:
         """The worker answered its heartbeat within ``heartbeat_timeout_s`` (and its loop runs)."""
-        if self._task is None or self._task.done():
+        if self._task is None or self._task.done() or not self.warm:
             return False
         return time.monotonic() - self.last_beat < self.cfg.heartbeat_timeout_s
 
@@ -124,7 +130,7 @@ class Batcher:
         """Queue one admitted request's prepared items (its reservation becomes queued items)."""
         n = len(prepared)
         self.reserved_items -= n
-        job = _Job(prepared, lengths, want_tokens, asyncio.get_running_loop().create_future(), [None] * n, 0, n)
+        job = _Job(prepared, lengths, want_tokens, asyncio.get_running_loop().create_future(), [None] * n, n)
         self._jobs.append(job)
         self.queued_items += n
         self.metrics.queue_depth.labels(self.name).set(self.queued_items)
@@ -145,8 +151,13 @@ class Batcher:
         except asyncio.TimeoutError:
             return False
 
-    async def _loop(self) -> None:
+    async def _loop(self, warm_up: list[Any] | None = None) -> None:
         loop = asyncio.get_running_loop()
+        if warm_up:
+            try:
+                await loop.run_in_executor(self._executor, self._warm_up, warm_up)
+            finally:
+                self.warm = True
         while True:
             if not self._jobs:
                 if not await self._wait(self.cfg.heartbeat_interval_s):
@@ -156,8 +167,7 @@ class Batcher:
                 deadline = loop.time() + self.cfg.max_wait_ms / 1000
                 while self.incoming > 0 and not self._full() and (left := deadline - loop.time()) > 0:
                     await self._wait(left)
-            batch = self._cut()
-            if batch:
+            for batch in self._take():
                 try:
                     await self._execute(batch)
                 except Exception as exc:  # noqa: BLE001 - a bug here must fail requests, not stop the worker
@@ -185,35 +195,56 @@ class Batcher:
     def _beat(self) -> None:
         self.last_beat = time.monotonic()
 
-    def _cut(self) -> list[tuple[_Job, int]]:
-        """Take items in arrival order while ``items x longest <= max_batch_cost``."""
-        batch: list[tuple[_Job, int]] = []
-        longest = 0
-        cfg = self.cfg
+    def _take(self) -> list[list[tuple[_Job, int]]]:
+        """Everything queued now (with batching off: one request), as batches of similar length.
+
+        The items are sorted by length, then cut while ``items x longest <= max_batch_cost`` and
+        ``items <= max_batch_items``: padding stays small however the requests interleave.
+        """
+        items: list[tuple[_Job, int]] = []
         while self._jobs:
-            job = self._jobs[0]
-            if job.future.done():  # the client went away: drop what is left of it
-                self._jobs.popleft()
-                self.queued_items -= len(job.prepared) - job.next
+            job = self._jobs.popleft()
+            if job.future.done():  # the client went away
+                self.queued_items -= len(job.prepared)
                 continue
-            while job.next < len(job.prepared):
-                length = max(longest, int(job.lengths[job.next]))
-                if batch and (len(batch) >= cfg.max_batch_items or (len(batch) + 1) * length > cfg.max_batch_cost):
-                    break
-                batch.append((job, job.next))
-                job.next += 1
-                longest = length
-            if job.next < len(job.prepared):
+            items.extend((job, i) for i in range(len(job.prepared)))
+            self.queued_items -= len(job.prepared)
+            if not self.cfg.batching:
                 break
-            self._jobs.popleft()
-            if not cfg.batching:
-                break
-        self.queued_items -= len(batch)
         self.metrics.queue_depth.labels(self.name).set(self.queued_items)
+        items.sort(key=lambda ji: ji[0].lengths[ji[1]])
+        batches: list[list[tuple[_Job, int]]] = []
+        batch: list[tuple[_Job, int]] = []
+        cfg = self.cfg
+        for job, i in items:
+            length = int(job.lengths[i])  # sorted: the longest so far
+            if batch and (len(batch) >= cfg.max_batch_items or (len(batch) + 1) * length > cfg.max_batch_cost):
+                batches.append(batch)
+                batch = []
+            batch.append((job, i))
         if batch:
-            self.metrics.batch_size.labels(self.name).observe(len(batch))
-            self.metrics.batch_cost.labels(self.name).observe(len(batch) * longest)
-        return batch
+            batches.append(batch)
+        for b in batches:
+            self.metrics.batch_size.labels(self.name).observe(len(b))
+            self.metrics.batch_cost.labels(self.name).observe(len(b) * max(int(j.lengths[i]) for j, i in b))
+        return batches
+
+    def _warm_up(self, items: list[Any]) -> None:
+        """In the worker thread, before the server is ready: batches of 1, 8 and all of ``items``
+        (the modality's examples), so the first requests do not pay for first-call allocations."""
+        prepared = []
+        for i, item in enumerate(items):
+            try:
+                prepared.append(self.encoder.prepare(item, i))
+            except Exception:  # noqa: BLE001 - an example the encoder refuses is just skipped
+                continue
+        if not prepared:
+            return
+        lengths = [int(self.encoder.num_tokens(p)) for p in prepared]
+        job = _Job(prepared, lengths, False, None)  # type: ignore[arg-type]
+        n = len(prepared)
+        for idx in ([0], [n - 1], list(range(min(8, n))), list(range(n))):
+            self._run([(job, i) for i in idx])
 
     def _run(self, batch: list[tuple[_Job, int]]) -> tuple[torch.Tensor, list[torch.Tensor | None]]:
         """In the worker thread: collate + forward; the pooled rows and the tokens wanted."""
@@ -249,7 +280,7 @@ class Batcher:
         # drop the rest of a failed request that is still queued
         if job in self._jobs:
             self._jobs.remove(job)
-            self.queued_items -= len(job.prepared) - job.next
+            self.queued_items -= len(job.prepared)
             self.metrics.queue_depth.labels(self.name).set(self.queued_items)
         if not job.future.done():
             job.future.set_exception(exc)

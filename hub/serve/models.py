@@ -31,6 +31,7 @@ class ServedModel:
     alias: str
     encoder: Any  # an Encoder, an OnnxEncoder, or anything with prepare/collate/num_tokens/__call__
     source: str = ""
+    warm_up: list[Any] | None = None  # items run once at startup, before the server is ready
 
     @property
     def modality(self) -> str:
@@ -100,6 +101,12 @@ def load_models(specs: list[str], *, hub: Any, runtime: Runtime = "torch", devic
             if device != "cpu":
                 encoder = encoder.to(device)
             out.append(ServedModel(alias or target, encoder, target))
+    for m in out:  # warm-up items: the modality's own examples (registered by its plugin)
+        modality = hub.registry.modality(m.modality)
+        if modality.examples is not None:
+            m.warm_up = list(modality.examples(32))
+        elif modality.sample is not None:
+            m.warm_up = [modality.sample()]
     seen: dict[str, str] = {}
     for m in out:
         if m.alias in seen:

@@ -145,6 +145,10 @@ class ModelCard(BaseModel):
     device: str
     matryoshka_dims: list[int] | None = None
     limits: dict[str, Any]
+    # -- chat models (issue 13, hub/serve/chat.py) --
+    kind: Literal["embeddings", "chat"] = "embeddings"
+    plugged: dict[str, dict[str, Any]] | None = Field(None, description="chat: the modalities plugged into the LM")
+    context_window: int | None = Field(None, description="chat: the backbone's context window in tokens")
 
 
 class ModelList(BaseModel):
