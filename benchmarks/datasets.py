@@ -31,7 +31,6 @@ import io
 import json
 import os
 import platform
-import resource
 import shutil
 import subprocess
 import sys
@@ -89,11 +88,20 @@ def plain_loop(h, items, encoder: str, modality: str, batch_size: int, model_bat
     return time.perf_counter() - start
 
 
+def current_rss() -> int:
+    """Resident set size of this process in bytes (psutil when installed, else /proc/self/statm)."""
+    try:
+        import psutil
+
+        return psutil.Process().memory_info().rss
+    except ImportError:
+        with open("/proc/self/statm") as fh:
+            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
 def rss_child(n: int, workdir: Path, batch_size: int, encoder: str) -> dict:
     """Run in a fresh process: embed n texts with the local engine, sampling RSS every 20 ms."""
     import threading
-
-    import psutil
 
     from hub import Hub
     from hub.datasets import embed_dataset
@@ -102,14 +110,13 @@ def rss_child(n: int, workdir: Path, batch_size: int, encoder: str) -> dict:
     make_texts(n, src, seed=1)
     h = Hub()
     h.embed(["warm up"], encoder=encoder)
-    proc = psutil.Process()
-    base = proc.memory_info().rss
+    base = current_rss()
     peak = [base]
     stop = threading.Event()
 
     def sample() -> None:
         while not stop.is_set():
-            peak[0] = max(peak[0], proc.memory_info().rss)
+            peak[0] = max(peak[0], current_rss())
             stop.wait(0.02)
 
     t = threading.Thread(target=sample, daemon=True)
