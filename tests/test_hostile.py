@@ -437,6 +437,24 @@ def test_export_weights_inside_resolve_there_and_tampering_is_refused(h, export_
     fails_fast(lambda: load_manifest(export_dir), "refusing to parse")
 
 
+def test_export_external_data_must_stay_inside(export_dir, tmp_path):
+    pytest.importorskip("onnx")
+    from onnx import TensorProto, helper
+
+    from hub.onnx import load_manifest
+
+    (tmp_path / "secret.bin").write_bytes(b"\0" * 64)
+    weight = TensorProto(name="w", data_type=TensorProto.FLOAT, dims=[4, 4])
+    weight.data_location = TensorProto.EXTERNAL
+    for key, value in (("location", "../secret.bin"), ("offset", "0"), ("length", "64")):
+        weight.external_data.add(key=key, value=value)
+    graph = helper.make_graph([helper.make_node("Identity", ["w"], ["y"])], "g", [],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, 4])], [weight])
+    (export_dir / "model.onnx").write_bytes(helper.make_model(graph).SerializeToString())
+    rehash(export_dir, "manifest.json", key="hashes")
+    fails_fast(lambda: load_manifest(export_dir), "keeps tensor 'w' in: '../secret.bin' leads out")
+
+
 # -- starter packs --------------------------------------------------------------------------------------
 
 

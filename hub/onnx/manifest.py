@@ -120,7 +120,30 @@ def load_manifest(directory: str | os.PathLike) -> ExportManifest:
     if pre.get("processor_dir") is not None:
         inside(root, str(pre["processor_dir"]), f"{where}: preprocess.processor_dir")
     m.preprocess = pre
+    _check_external_data(root / MODEL_NAME, root, where)
     return m
+
+
+def _check_external_data(model: Path, root: Path, where: str) -> None:
+    """Tensors a ``model.onnx`` keeps in external files must name files inside the export (ONNX Runtime
+    would otherwise read any file the ``location`` names).  A byte scan first: graphs without external
+    data (the usual case) are not parsed."""
+    if not model.is_file() or model.stat().st_size == 0:
+        return
+    import mmap
+
+    with open(model, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+        if mm.find(b"location") < 0:
+            return
+    import onnx
+    from onnx import external_data_helper as edh
+
+    graph = onnx.load(str(model), load_external_data=False)
+    tensors = edh._get_all_tensors(graph) if hasattr(edh, "_get_all_tensors") else graph.graph.initializer
+    for t in tensors:
+        if edh.uses_external_data(t):
+            location = next((e.value for e in t.external_data if e.key == "location"), "")
+            inside(root, location, f"{where}: model.onnx keeps tensor {t.name!r} in", must_exist=False)
 
 
 def file_sha256(path: str | os.PathLike) -> str:
