@@ -148,6 +148,12 @@ def test_backbone_outside_the_bundle_needs_an_explicit_argument(h, bundle, tmp_p
         h.load(bundle)
     lm = MultimodalLM.load(bundle, registry=h.registry, backbone="tiny-llama")  # the caller chose it explicitly
     assert "image" in lm.plugged
+    # the caller's own options win over the file's (an explicit argument beats the file)
+    m["backbone"] = {"adapter": "transformers", "source": "tiny-llama", "options": {"seed": 3}}
+    path.write_text(json.dumps(m))
+    a = MultimodalLM.load(bundle, registry=h.registry).backbone
+    b = MultimodalLM.load(bundle, registry=h.registry, backbone_options={"seed": 4}).backbone
+    assert not torch.equal(a.embed_ids(torch.tensor([[1, 2]])), b.embed_ids(torch.tensor([[1, 2]])))
 
 
 @pytest.mark.parametrize("where, options, match", [

@@ -320,7 +320,7 @@ class MultimodalLM(Composer, torch.nn.Module):
 
     @classmethod
     def load(cls, directory: str | os.PathLike, registry: Registry | None = None, *,
-             hub: Any = None, backbone: str | None = None,
+             hub: Any = None, backbone: str | None = None, backbone_options: dict[str, Any] | None = None,
              encoder_loader: Callable[[Any], Encoder] | None = None) -> "MultimodalLM":
         """Load a bundle written by :meth:`save` (``hub=``: a Hub whose registry to use, as before).
 
@@ -329,6 +329,8 @@ class MultimodalLM(Composer, torch.nn.Module):
         only narrow permissions; saved encoder and backbone directories through
         :func:`hub._manifest.check_pretrained_dir`).  ``backbone=``: a source to use instead of the
         bundle's (required when the bundle references a local directory outside itself).
+        ``backbone_options``: the caller's options for the backbone adapter; they win over the bundle's
+        (e.g. ``{"allow_download": True}``, ``{"dtype": "bfloat16"}``): an explicit argument beats the file.
         """
         from .._manifest import check_pretrained_dir, inside
         from .bundle import load_bundle_manifest
@@ -347,7 +349,8 @@ class MultimodalLM(Composer, torch.nn.Module):
             source = str(saved)
         else:
             source = ref.source
-        lm = attach(registry, source, adapter=ref.adapter, encoder_loader=encoder_loader, **ref.options)
+        lm = attach(registry, source, adapter=ref.adapter, encoder_loader=encoder_loader,
+                    **{**ref.options, **dict(backbone_options or {})})
         lm._backbone_ref = ref if ref.saved and backbone is None else ref.model_copy(update={"source": source, "saved": False})
         for m, plug in manifest.modalities.items():
             options = dict(plug.encoder_options)
