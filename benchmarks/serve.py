@@ -1,6 +1,7 @@
 """`mhub serve` under load: batching vs batching off vs infinity-emb (or in-process Hub.embed), overload, RSS.
 
     python benchmarks/serve.py [--quick] [--rss-requests N] [--infinity-python PATH] [--json benchmarks/results/serve.json]
+    python benchmarks/serve.py --chat [--quick] [--chat-threads N]     (chat: benchmarks/serve_chat.py)
 
 A bounded async load generator (httpx): 127.0.0.1 only, fixed request counts, stops by itself.
 Every server runs in its own process on a free port and is always stopped.
@@ -286,7 +287,17 @@ def main() -> None:
     ap.add_argument("--infinity-python", default="/tmp/infinity-venv/bin/python",
                     help="python of a venv with infinity-emb[server,torch]")
     ap.add_argument("--json", type=Path, default=Path("benchmarks/results/serve.json"))
+    # -- chat (issue 13): benchmarks/serve_chat.py --
+    ap.add_argument("--chat", action="store_true", help="instead: chat TTFT and tokens/s at 1/4/16 clients on the tiny "
+                    "bundle (benchmarks/serve_chat.py; JSON beside --json as serve_chat.json)")
+    ap.add_argument("--chat-threads", type=int, default=None, help="with --chat: torch intra-op threads")
     args = ap.parse_args()
+    if args.chat:
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        from serve_chat import run as run_chat
+
+        run_chat(args.quick, json_path=args.json.with_name("serve_chat.json"), threads=args.chat_threads)
+        return
     scale = args.scale if args.scale is not None else (0.2 if args.quick else 1.0)
     counts = {c: max(c, int(scale * n)) for c, n in {1: 40, 8: 160, 32: 480, 64: 640}.items()}
     rss_n = args.rss_requests or (400 if args.quick else 10_000)

@@ -45,9 +45,21 @@ def _config_options(fn):
               help="require 'Authorization: Bearer KEY' (except /health/*); default: $MODALITY_HUB_API_KEY, else none")
 @_config_options
 @click.option("--no-batching", is_flag=True, help="one request per batch (for comparisons)")
+# -- chat (issue 13, hub/serve/chat.py) --
+@click.option("--bundle", type=click.Path(exists=True, file_okay=False), default=None, metavar="DIR",
+              help="a MultimodalLM bundle (lm.save) to chat with at POST /v1/chat/completions; without --encoder, "
+                   "only chat is served")
+@click.option("--bundle-name", default=None, metavar="NAME", help="the chat model id (default: the bundle's directory name)")
+@click.option("--allow-admin", is_flag=True,
+              help="open /v1/admin/plug and /v1/admin/unplug without an API key (they always need it when one is set)")
+@click.option("--chat-max-tokens", type=int, default=256, show_default=True,
+              help="new tokens when a chat request gives no max_tokens")
+@click.option("--chat-queue", type=int, default=64, show_default=True,
+              help="chat requests waiting for the model; above it requests get 429")
 @click.option("--log-level", default="info", show_default=True,
               type=click.Choice(["critical", "error", "warning", "info", "debug"]))
-def serve_command(encoders, runtime, device, host, port, api_key, no_batching, log_level, **settings):
+def serve_command(encoders, runtime, device, host, port, api_key, no_batching, log_level, bundle, bundle_name,
+                  allow_admin, chat_max_tokens, chat_queue, **settings):
     """Serve embeddings of every modality over HTTP, in OpenAI's /v1/embeddings shape.
 
     \b
@@ -60,6 +72,11 @@ def serve_command(encoders, runtime, device, host, port, api_key, no_batching, l
     mhub serve -e minilm-l6 -e tiny-clip=clip --port 8000
     curl -s localhost:8000/v1/embeddings -H 'content-type: application/json' \\
          -d '{"model": "minilm-l6", "input": ["a cat", "a dog"]}'
+
+    \b
+    Chat with a MultimodalLM bundle (POST /v1/chat/completions, OpenAI's shape, stream: true for
+    server-sent events; admin: POST /v1/admin/plug and /v1/admin/unplug with the API key):
+    mhub serve --bundle ./my-bundle --api-key KEY
     """
     try:
         config = ServeConfig.with_env_key(api_key, batching=not no_batching, **settings)
@@ -71,11 +88,31 @@ def serve_command(encoders, runtime, device, host, port, api_key, no_batching, l
     except ImportError as exc:  # the extra is missing
         fail(HubError(f"mhub serve needs the serve extra: pip install 'modality-hub[serve]' ({exc})"))
     try:
-        models = load_models(list(encoders), hub=Hub(), runtime=runtime, device=device)
-        app = create_app(models, config)
+        hub = Hub()
+        models = load_models(list(encoders), hub=hub, runtime=runtime, device=device) if encoders or not bundle else []
+        chat = None
+        if bundle:  # -- chat (issue 13) --
+            from pathlib import Path
+
+            from ..serve.chat import ChatService
+            from ..serve.chat_schemas import ChatConfig
+
+            lm = hub.load(bundle)
+            if device != "cpu":
+                lm = lm.to(device)
+            chat = ChatService(lm, bundle_name or Path(bundle).resolve().name,
+                               ChatConfig(default_max_tokens=chat_max_tokens, max_queue=chat_queue,
+                                          allow_admin=allow_admin))
+        app = create_app(models, config, chat=chat)
     except HubError as exc:
         fail(exc)
-    click.echo(f"serving {', '.join(f'{m.alias} ({m.modality}, {m.runtime}, dim {m.dim})' for m in models)} on "
+    except ValueError as exc:  # pydantic: a chat option out of range
+        fail(HubError(f"invalid option: {exc}"))
+    served = [f"{m.alias} ({m.modality}, {m.runtime}, dim {m.dim})" for m in models]
+    if chat is not None:
+        served.append(f"{chat.name} (chat; plugged: {', '.join(chat.engine.plugged) or 'nothing'}; admin: "
+                      f"{'key' if config.api_key else 'open' if allow_admin else 'off'})")
+    click.echo(f"serving {', '.join(served)} on "
                f"http://{host}:{port}  auth: {'bearer key' if config.api_key else 'none'}", err=True)
     if host not in ("127.0.0.1", "localhost", "::1") and not config.api_key:
         click.secho(f"warning: listening on {host} without an API key; anyone who can reach it can use it",

@@ -253,14 +253,21 @@ class ChatService:
             return _sse(body)
 
         first = True
+        pending: tuple[str, Any] | None = None
         try:
             yield chunk({"role": "assistant", "content": ""})
             while True:
-                kind, payload = await events.get()
+                kind, payload = pending or await events.get()
+                pending = None
                 if kind == "delta":
                     if first and self.metrics is not None:
                         self.metrics.ttft.observe(time.perf_counter() - start)
                     first = False
+                    while not events.empty():  # a slow reader gets the tokens made meanwhile in one chunk
+                        pending = events.get_nowait()
+                        if pending[0] != "delta":
+                            break
+                        payload, pending = payload + pending[1], None
                     yield chunk({"content": payload})
                 elif kind == "done":
                     result: ChatResult = payload

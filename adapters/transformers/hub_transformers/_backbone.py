@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -353,3 +353,37 @@ class HFBackbone(Backbone):
             cut = next((i + 1 for i, t in enumerate(row) if t in stops), len(row))
             result.append(row[:cut])
         return result
+
+    # -- streaming (added for the chat server, hub/serve/chat_engine.py) --------------
+    @torch.no_grad()
+    def generate_stream(
+        self,
+        inputs_embeds: torch.Tensor,  # (1, seq, hidden)
+        attention_mask: torch.Tensor,  # (1, seq)
+        max_new_tokens: int,
+        on_tokens: Callable[[list[int]], bool],
+        **kwargs: Any,
+    ) -> list[list[int]]:
+        """:meth:`generate` for one sequence, calling ``on_tokens(new_ids)`` after every new token
+        (all new ids so far, EOS included); generation stops early when it returns True (a stop
+        string was written, the client went away).
+
+        The hook is a transformers ``StoppingCriteria``: it runs after each token is chosen and
+        touches neither the logits nor the random state, so the tokens are :meth:`generate`'s.
+        """
+        from transformers import StoppingCriteria, StoppingCriteriaList
+
+        if inputs_embeds.dim() != 3 or inputs_embeds.shape[0] != 1:
+            raise InvalidInputError(f"generate_stream takes one sequence (1, seq, hidden), got {tuple(inputs_embeds.shape)}")
+
+        class _Hook(StoppingCriteria):
+            offset: int | None = None
+
+            def __call__(self, input_ids: torch.Tensor, scores: Any, **kw: Any) -> torch.Tensor:
+                if self.offset is None:  # only new ids when generating from inputs_embeds; skip any prompt ids
+                    self.offset = input_ids.shape[1] - 1
+                stop = bool(on_tokens(input_ids[0, self.offset:].tolist()))
+                return torch.full((input_ids.shape[0],), stop, dtype=torch.bool, device=input_ids.device)
+
+        criteria = StoppingCriteriaList([_Hook(), *(kwargs.pop("stopping_criteria", None) or [])])
+        return self.generate(inputs_embeds, attention_mask, max_new_tokens, stopping_criteria=criteria, **kwargs)
