@@ -8,15 +8,17 @@ disconnects mid-stream frees the model; plug → chat → unplug at run time.
 
 from __future__ import annotations
 
+import base64
+import io
 import json
 import re
 import socket
-import sys
 import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -25,10 +27,6 @@ pytest.importorskip("uvicorn")
 httpx = pytest.importorskip("httpx")
 pytest.importorskip("hub_transformers")
 
-sys.path.insert(0, str(Path(__file__).parent))
-from test_serve import b64, png, wav  # noqa: E402
-
-from hub import Hub  # noqa: E402
 from hub.serve import BackgroundServer, ServeConfig, create_app  # noqa: E402
 from hub.serve.chat import ChatService  # noqa: E402
 from hub.serve.chat_messages import plain_prompt  # noqa: E402
@@ -37,6 +35,26 @@ from hub.serve.chat_schemas import ChatConfig  # noqa: E402
 KEY = "test-key"
 NAME = "tiny-bundle"
 SAMPLING = {"temperature": 0.8, "top_p": 0.9}
+
+
+# -- helpers ---------------------------------------------------------------------------------------
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def png(img) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def wav(seconds: float, freq: float, rate: int = 16000) -> bytes:
+    import soundfile as sf
+
+    t = np.arange(int(seconds * rate)) / rate
+    buf = io.BytesIO()
+    sf.write(buf, (0.3 * np.sin(2 * np.pi * freq * t)).astype(np.float32), rate, format="WAV", subtype="PCM_16")
+    return buf.getvalue()
 
 
 # -- fixtures -------------------------------------------------------------------------------------

@@ -31,7 +31,7 @@ from typing import Any, Callable
 import torch
 
 from ..errors import ContextLengthError, HubError, ModalityNotPluggedError, PromptError
-from .chat_messages import Turn, check_plugged, item_segments, render
+from .chat_messages import Turn, check_plugged, render
 from .chat_schemas import ChatConfig
 from .errors import ApiError
 
