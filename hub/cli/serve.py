@@ -45,6 +45,9 @@ def _config_options(fn):
               help="require 'Authorization: Bearer KEY' (except /health/*); default: $MODALITY_HUB_API_KEY, else none")
 @_config_options
 @click.option("--no-batching", is_flag=True, help="one request per batch (for comparisons)")
+@click.option("--torch-threads", type=int, default=None,
+              help="PyTorch intra-op threads (torch.set_num_threads); default: PyTorch's (the physical cores). "
+                   "On shared or CPU-quota'd machines 1 is often much faster: parallel ops wait for their slowest thread")
 # -- chat (issue 13, hub/serve/chat.py) --
 @click.option("--bundle", type=click.Path(exists=True, file_okay=False), default=None, metavar="DIR",
               help="a MultimodalLM bundle (lm.save) to chat with at POST /v1/chat/completions; without --encoder, "
@@ -58,7 +61,7 @@ def _config_options(fn):
               help="chat requests waiting for the model; above it requests get 429")
 @click.option("--log-level", default="info", show_default=True,
               type=click.Choice(["critical", "error", "warning", "info", "debug"]))
-def serve_command(encoders, runtime, device, host, port, api_key, no_batching, log_level, bundle, bundle_name,
+def serve_command(encoders, runtime, device, host, port, api_key, no_batching, torch_threads, log_level, bundle, bundle_name,
                   allow_admin, chat_max_tokens, chat_queue, **settings):
     """Serve embeddings of every modality over HTTP, in OpenAI's /v1/embeddings shape.
 
@@ -87,6 +90,10 @@ def serve_command(encoders, runtime, device, host, port, api_key, no_batching, l
         from ..serve import create_app, load_models, serve
     except ImportError as exc:  # the extra is missing
         fail(HubError(f"mhub serve needs the serve extra: pip install 'modality-hub[serve]' ({exc})"))
+    if torch_threads is not None:
+        import torch
+
+        torch.set_num_threads(max(1, torch_threads))
     try:
         hub = Hub()
         models = load_models(list(encoders), hub=hub, runtime=runtime, device=device) if encoders or not bundle else []
