@@ -293,6 +293,9 @@ def main() -> None:
     ap.add_argument("--rss-requests", type=int, default=None, help="mixed requests of the RSS check (default 10000)")
     ap.add_argument("--infinity-python", default="/tmp/infinity-venv/bin/python",
                     help="python of a venv with infinity-emb[server,torch]")
+    ap.add_argument("--torch-threads", type=int, default=1,
+                    help="mhub serve --torch-threads and the in-process baseline's threads (0: PyTorch's default); "
+                         "on a shared machine 1 avoids waits for descheduled OpenMP threads")
     ap.add_argument("--json", type=Path, default=Path("benchmarks/results/serve.json"))
     # -- chat (issue 13): benchmarks/serve_chat.py --
     ap.add_argument("--chat", action="store_true", help="instead: chat TTFT and tokens/s at 1/4/16 clients on the tiny "
@@ -305,6 +308,8 @@ def main() -> None:
 
         run_chat(args.quick, json_path=args.json.with_name("serve_chat.json"), threads=args.chat_threads)
         return
+    if args.torch_threads:
+        TORCH_THREADS[:] = ["--torch-threads", str(args.torch_threads)]
     scale = args.scale if args.scale is not None else (0.2 if args.quick else 1.0)
     counts = {c: max(c, int(scale * n)) for c, n in {1: 40, 8: 160, 32: 480, 64: 640}.items()}
     rss_n = args.rss_requests or (400 if args.quick else 10_000)

@@ -61,8 +61,8 @@ class ServerCore:
         now = time.monotonic()
         workers = {}
         for alias, b in self.batchers.items():
-            workers[alias] = {"alive": b.alive(), "warm": b.warm, "queued_items": b.queued_items, "preparing_items": b.reserved_items,
-                              "last_heartbeat_s": round(now - b.last_beat, 3),
+            workers[alias] = {"alive": b.alive(), "warm": b.warm, "queued_items": b.queued_items,
+                              "preparing_items": b.reserved_items, "last_heartbeat_s": round(now - b.last_beat, 3),
                               "busy_s": round(now - b.busy_since, 3) if b.busy_since else 0.0}
         ready = not self.gate.draining and all(w["alive"] for w in workers.values())
         self.metrics.ready.set(1 if ready else 0)
