@@ -26,44 +26,61 @@ This plugin (distribution ``modality-hub-starter``) adds ``mhub starter-pack``, 
 
 from __future__ import annotations
 
-from typing import Any
+import importlib
+from typing import TYPE_CHECKING, Any
 
 from hub import hookimpl
 
-from .data import (
-    ANCHOR_ENCODER,
-    BUILDERS,
-    DIGITS,
-    GRAPH_FAMILIES,
-    PACK_FORMAT,
-    PACK_MANIFEST,
-    PITCHES,
-    SHAPES,
-    SPEEDS,
-    VOICES,
-    MissingToolError,
-    StarterData,
-    build_data,
-    digit_images,
-    espeak_binary,
-    graph_families,
-    primitive_shapes,
-    spoken_digits,
-    synthesize,
-)
-from .draw import CELL, RENDERERS, draw_retrieval, render_item
-from .evaluation import ablation, draw_query, evaluate, query, retrieval, zero_shot
-from .pack import (
-    BUDGETS,
-    ENCODER_STATE,
-    ModalityPlan,
-    PackManifest,
-    StarterBudget,
-    StarterPack,
-    build_starter_pack,
-    default_pack_dir,
-    load_starter_pack,
-)
+if TYPE_CHECKING:  # the names below import lazily (PEP 562 ``__getattr__``): plugin discovery stays light
+    from .data import (
+        ANCHOR_ENCODER,
+        BUILDERS,
+        DIGITS,
+        GRAPH_FAMILIES,
+        PACK_FORMAT,
+        PACK_MANIFEST,
+        PITCHES,
+        SHAPES,
+        SPEEDS,
+        VOICES,
+        MissingToolError,
+        StarterData,
+        build_data,
+        digit_images,
+        espeak_binary,
+        graph_families,
+        primitive_shapes,
+        spoken_digits,
+        synthesize,
+    )
+    from .draw import CELL, RENDERERS, draw_retrieval, render_item
+    from .evaluation import ablation, draw_query, evaluate, query, retrieval, zero_shot
+    from .pack import (
+        BUDGETS,
+        ENCODER_STATE,
+        ModalityPlan,
+        PackManifest,
+        StarterBudget,
+        StarterPack,
+        build_starter_pack,
+        default_pack_dir,
+        load_starter_pack,
+    )
+
+#: public name -> the submodule that defines it
+_EXPORTS = {
+    **dict.fromkeys((
+        "ANCHOR_ENCODER", "BUILDERS", "DIGITS", "GRAPH_FAMILIES", "PACK_FORMAT", "PACK_MANIFEST", "PITCHES", "SHAPES",
+        "SPEEDS", "VOICES", "MissingToolError", "StarterData", "build_data", "digit_images", "espeak_binary",
+        "graph_families", "primitive_shapes", "spoken_digits", "synthesize",
+    ), "data"),
+    **dict.fromkeys(("CELL", "RENDERERS", "draw_retrieval", "render_item"), "draw"),
+    **dict.fromkeys(("ablation", "draw_query", "evaluate", "query", "retrieval", "zero_shot"), "evaluation"),
+    **dict.fromkeys((
+        "BUDGETS", "ENCODER_STATE", "ModalityPlan", "PackManifest", "StarterBudget", "StarterPack",
+        "build_starter_pack", "default_pack_dir", "load_starter_pack",
+    ), "pack"),
+}
 
 __all__ = [
     "ANCHOR_ENCODER", "BUDGETS", "BUILDERS", "CELL", "DIGITS", "ENCODER_STATE", "GRAPH_FAMILIES", "PACK_FORMAT",
@@ -80,3 +97,14 @@ def register_commands(cli: Any) -> None:
     from .cli import register
 
     register(cli)
+
+
+def __getattr__(name: str) -> Any:
+    """Import the submodule that defines ``name`` on first use (``from hub_starter import evaluate`` works as before)."""
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
