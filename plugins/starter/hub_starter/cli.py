@@ -12,19 +12,25 @@ from hub import Hub
 from hub.cli import fail
 from hub.errors import HubError
 
+from .determinism import BUILD_THREADS
+
 @click.command("starter-pack")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), help="Where to build it (default: the hub's cache).")
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--budget", type=click.Choice(["full", "tiny"]), default="full", show_default=True)
 @click.option("--force", is_flag=True, help="Rebuild even when a cached pack of the same build exists.")
-def starter_pack(out_dir, seed, budget, force) -> None:
+@click.option("--isolated/--in-process", default=True, show_default=True,
+              help="Build in a child process with the CPU instruction set and threads pinned (reproducible across "
+                   "machines), or in this process (deterministic algorithms and threads only).")
+@click.option("--threads", default=BUILD_THREADS, show_default=True, type=click.IntRange(1, 256),
+              help="Intra-op threads of the build (recorded in pack.json; another count gives other weights).")
+def starter_pack(out_dir, seed, budget, force, isolated, threads) -> None:
     """Build the offline starter pack: digits, spoken words (espeak-ng), graph families and 3D primitives,
     pretrained where needed and aligned to text (all-MiniLM-L6-v2)."""
-    from . import evaluation as ev
     from .pack import build_starter_pack
 
     try:
-        pack = build_starter_pack(out_dir, seed=seed, budget=budget, force=force)
+        pack = build_starter_pack(out_dir, seed=seed, budget=budget, force=force, isolated=isolated, threads=threads)
     except HubError as exc:
         fail(exc)
     click.echo(f"starter pack in {pack.directory}: {', '.join(pack.modalities)}")
@@ -42,10 +48,10 @@ def eval_cmd(pack_dir, seed, budget, ablation, json_path) -> None:
     from .pack import build_starter_pack
 
     try:
-        pack = build_starter_pack(pack_dir, seed=seed, budget=budget)
+        pack = build_starter_pack(pack_dir, seed=seed, budget=budget, isolated=True)
         report = ev.evaluate(pack, progress=True)
         if ablation:
-            report["ablation"] = ev.ablation(seed, budget=budget, pack=pack)
+            report["ablation"] = ev.ablation(seed, budget=budget, pack=pack, isolated=True)
     except HubError as exc:
         fail(exc)
     click.secho(f"{'zero-shot':<22} {'top-1':>6} {'top-5':>6} {'held out':>9}", bold=True)
@@ -72,7 +78,7 @@ def demo_pack(h: Hub, pack: bool = True, budget: str = "full") -> int:
         return 0
     click.secho(f"\nstarter pack ({budget}): one shared space, text as the anchor", bold=True)
     try:
-        built = build_starter_pack(budget=budget, hub=h)
+        built = build_starter_pack(budget=budget, hub=h, isolated=True)
     except HubError as exc:
         click.echo(f"starter pack unavailable: {exc}")
         return 1

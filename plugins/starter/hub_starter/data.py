@@ -76,12 +76,37 @@ class StarterData:
         return [(x, self.caption(y)) for x, y in zip(items, labels)]
 
     def fingerprint(self) -> str:
-        """A short hash of the labels and the split (a reloaded pack checks it rebuilt the same data)."""
+        """A short sha256 of the content: every item (image pixels, audio samples, graph edges, point arrays),
+        the labels and the split (a reloaded pack checks it rebuilt the same data).  Audio hashes the clip
+        espeak-ng wrote (exact), not the resampled floats."""
+        h = hashlib.sha256(self.labels.astype(np.int64).tobytes() + self.held_out.astype(np.uint8).tobytes())
+        for i, item in enumerate(self.items):
+            digest = self.info[i].get("sha256") if i < len(self.info) else None
+            h.update(bytes.fromhex(digest) if digest else item_bytes(item))
+        return h.hexdigest()[:16]
+
+    def label_fingerprint(self) -> str:
+        """The fingerprint of packs built before content was hashed: labels and split only."""
         h = hashlib.sha256(self.labels.astype(np.int64).tobytes() + self.held_out.astype(np.uint8).tobytes())
         return h.hexdigest()[:16]
 
     def __len__(self) -> int:
         return len(self.items)
+
+
+def item_bytes(item: Any) -> bytes:
+    """The content of one starter item as bytes, with its shape: a PIL image's mode, size and pixels; an audio
+    dict's rate and float32 samples; a networkx graph's node count and sorted edges; an array's shape and values."""
+    if hasattr(item, "tobytes") and hasattr(item, "mode") and hasattr(item, "size"):  # PIL image
+        return f"image:{item.mode}:{item.size}".encode() + item.tobytes()
+    if isinstance(item, dict) and "array" in item:
+        samples = np.ascontiguousarray(item["array"], dtype=np.float32)
+        return f"audio:{item.get('sampling_rate')}:{samples.shape}".encode() + samples.tobytes()
+    if hasattr(item, "edges") and hasattr(item, "number_of_nodes"):  # networkx graph
+        edges = np.asarray(sorted(tuple(sorted((int(a), int(b)))) for a, b in item.edges()), dtype=np.int64)
+        return f"graph:{item.number_of_nodes()}:{len(edges)}".encode() + edges.tobytes()
+    arr = np.ascontiguousarray(item)
+    return f"array:{arr.dtype}:{arr.shape}".encode() + arr.tobytes()
 
 
 def _stratified(labels: np.ndarray, share: float, rng: np.random.Generator) -> np.ndarray:
@@ -199,18 +224,20 @@ def spoken_digits(seed: int = 0, *, voices: Sequence[str] = VOICES, speeds: Sequ
     import torchaudio
     from concurrent.futures import ThreadPoolExecutor
 
-    resample = torchaudio.transforms.Resample(ESPEAK_RATE, rate)  # one kernel for every clip
+    # one kernel for every clip, in float64 (rounded to float32 after), so thread counts and kernels leave the bits alone
+    resample = torchaudio.transforms.Resample(ESPEAK_RATE, rate, dtype=torch.float64)
     jobs = [(c, label, combo) for c, combo in enumerate(chosen) for label in range(len(DIGITS))]
     with tempfile.TemporaryDirectory(prefix="mhub-espeak-") as work, ThreadPoolExecutor(4) as pool:
         raws = list(pool.map(lambda j: synthesize(DIGITS[j[1]], *j[2], binary=binary, workdir=work), jobs))
     items, labels, held, info = [], [], [], []
     with torch.no_grad():
         for (c, label, (voice, speed, pitch)), raw in zip(jobs, raws):
-            samples = raw if rate == ESPEAK_RATE else resample(torch.from_numpy(raw)).numpy()
+            samples = raw if rate == ESPEAK_RATE else resample(torch.from_numpy(raw).double()).float().numpy()
             items.append({"array": samples, "sampling_rate": rate})
             labels.append(label)
             held.append(c in held_combos)
-            info.append({"voice": voice, "speed": speed, "pitch": pitch, "seconds": round(len(samples) / rate, 3)})
+            info.append({"voice": voice, "speed": speed, "pitch": pitch, "seconds": round(len(samples) / rate, 3),
+                         "sha256": hashlib.sha256(item_bytes({"array": raw, "sampling_rate": ESPEAK_RATE})).hexdigest()})
     return StarterData("audio", DIGITS, "the spoken word {}", items, np.asarray(labels, dtype=np.int64),
                        np.asarray(held, dtype=bool), info)
 

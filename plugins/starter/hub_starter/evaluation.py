@@ -14,6 +14,7 @@ import torch
 from hub import Hub
 from hub.errors import InvalidInputError
 
+from .determinism import environment, versions
 from .draw import _frame, _grid, _label, draw_retrieval, render_item
 from .pack import StarterBudget, StarterPack, _budget, _log, build_starter_pack
 
@@ -66,7 +67,9 @@ def evaluate(pack: StarterPack, out_dir: str | os.PathLike | None = None, *, k: 
              progress: bool = False) -> dict[str, Any]:
     """Zero-shot top-1 / top-``k`` per modality and emergent retrieval between every two modalities that share
     class names (audio ↔ image), on held-out items.  Writes ``eval.json``, ``retrieval.png`` (audio → image
-    grid, when both are in the pack) and ``confusion.json`` to ``out_dir`` (default ``<pack>/eval``)."""
+    grid, when both are in the pack) and ``confusion.json`` to ``out_dir`` (default ``<pack>/eval``).
+    ``report["environment"]`` records the build's and this process's versions, threads, instruction set,
+    pinning variables and espeak-ng version."""
     root = Path(out_dir) if out_dir is not None else pack.directory / "eval"
     root.mkdir(parents=True, exist_ok=True)
     t = time.perf_counter()
@@ -83,6 +86,11 @@ def evaluate(pack: StarterPack, out_dir: str | os.PathLike | None = None, *, k: 
         report["retrieval"][f"{a}->{b}"] = r
         _log(f"retrieval {a} → {b}: top-1 {r['top1']:.3f}, top-{k} {r[f'top{k}']:.3f}", progress)
     report["seconds"] = round(time.perf_counter() - t, 2)
+    # what decided the numbers: the build's pinned environment and this process's (inference is not pinned)
+    report["environment"] = {
+        "build": {**pack.manifest.environment, "versions": pack.manifest.versions},
+        "eval": {**environment(), "versions": versions()},
+    }
     paths = {"json": str(root / "eval.json")}
     if ("audio", "image") in grids:
         top, _ = grids[("audio", "image")]
@@ -94,15 +102,16 @@ def evaluate(pack: StarterPack, out_dir: str | os.PathLike | None = None, *, k: 
 
 def ablation(seed: int = 0, out_dir: str | os.PathLike | None = None, *, budget: str | StarterBudget = "full",
              modalities: Sequence[str] = ("graph", "3d"), progress: bool = True, hub: Hub | None = None,
-             pack: StarterPack | None = None) -> dict[str, Any]:
+             pack: StarterPack | None = None, isolated: bool = False) -> dict[str, Any]:
     """The same pipeline with and without self-supervised pretraining for ``modalities``, side by side:
     ``{modality: {"pretrained": {...}, "random_init": {...}}}`` of held-out zero-shot top-1 / top-5.
     ``pack``: the (pretrained) pack to compare with (default: build or load it).  The no-pretraining
-    packs go to ``out_dir`` (default ``<cache>/starter-pack-no-pretrain``) and are cached the same way."""
+    packs go to ``out_dir`` (default ``<cache>/starter-pack-no-pretrain``) and are cached the same way;
+    ``isolated``: build them in a pinned child process (:func:`build_starter_pack`)."""
     plan = _budget(budget)
-    with_pt = pack or build_starter_pack(seed=seed, budget=plan, progress=progress, hub=hub)
+    with_pt = pack or build_starter_pack(seed=seed, budget=plan, progress=progress, hub=hub, isolated=isolated)
     without = build_starter_pack(out_dir, seed=seed, budget=plan, pretrain=False, modalities=list(modalities),
-                                 progress=progress, hub=hub)
+                                 progress=progress, hub=hub, isolated=isolated)
     report: dict[str, Any] = {"seed": seed, "budget": plan.name, "modalities": {}}
     for m in modalities:
         a, b = zero_shot(with_pt, m), zero_shot(without, m)

@@ -4,13 +4,10 @@ from __future__ import annotations
 
 import json
 import os
-import platform
-import shutil
-import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, Sequence
+from typing import Any, Literal, Sequence
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
@@ -24,6 +21,8 @@ from hub.train import pretrain as run_pretrain
 from hub.train.align import ENCODER_STATE  # the core reads it back: the pack's audio is an aligned encoder too
 
 from .data import BUILDERS, PACK_FORMAT, PACK_MANIFEST, VOICES, ANCHOR_ENCODER, StarterData, build_data
+from .determinism import BUILD_THREADS, deterministic, environment, is_pinned, run_isolated
+from .determinism import versions as _package_versions
 
 # -- plans and budgets ----------------------------------------------------------------------
 
@@ -110,6 +109,8 @@ class PackManifest(BaseModel):
     modalities: dict[str, dict[str, Any]] = Field(default_factory=dict, description="per modality: sizes, timings, losses")
     seconds: float = 0.0
     versions: dict[str, str] = Field(default_factory=dict)
+    environment: dict[str, Any] = Field(default_factory=dict, description="threads, instruction set, pinning "
+                                        "variables and determinism of the build (hub_starter.determinism)")
     files: dict[str, str] = Field(default_factory=dict, description="sha256 of every file (relative path → hex)")
 
 
@@ -202,22 +203,7 @@ def _save_result(result: AlignResult, directory: Path) -> str | None:
 
 
 def _versions() -> dict[str, str]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {"python": platform.python_version(), "platform": platform.platform(), "torch_threads": str(torch.get_num_threads())}
-    for dist in ("modality-hub", "torch", "transformers", "numpy", "scikit-learn", "networkx", "trimesh",
-                 "torch-geometric", "modality-hub-image", "modality-hub-audio", "modality-hub-graph", "modality-hub-3d"):
-        try:
-            out[dist] = version(dist)
-        except PackageNotFoundError:
-            pass
-    binary = shutil.which("espeak-ng")
-    if binary:
-        try:
-            out["espeak-ng"] = subprocess.run([binary, "--version"], capture_output=True, text=True, timeout=10).stdout.strip()
-        except (OSError, subprocess.SubprocessError):  # pragma: no cover - a broken binary
-            pass
-    return out
+    return {**_package_versions(), "torch_threads": str(torch.get_num_threads())}
 
 
 def _log(message: str, enabled: bool) -> None:
@@ -249,6 +235,8 @@ def build_starter_pack(
     pretrain: bool = True,
     modalities: Sequence[str] | None = None,
     hub: Hub | None = None,
+    isolated: bool = False,
+    threads: int = BUILD_THREADS,
 ) -> StarterPack:
     """Build (or load, when ``out_dir`` holds the same build) the starter pack.
 
@@ -258,6 +246,13 @@ def build_starter_pack(
     captions, and save it under ``out_dir/<modality>/``; ``out_dir/pack.json``
     records seed, plan, sizes, per-stage seconds and versions.  ``force``
     rebuilds.  Prints per-stage times and shows tqdm bars when ``progress``.
+
+    Every build runs with deterministic algorithms and ``threads`` intra-op threads
+    (:func:`hub_starter.determinism.deterministic`).  ``isolated=True`` builds in a child process
+    started with the CPU instruction set and thread variables pinned (they only take effect before torch
+    loads: :func:`hub_starter.determinism.run_isolated`), then loads the result here; the child uses the
+    process-wide plugin registry and ``hub``'s cache directory.  ``pack.json`` records versions and
+    the environment of the build either way.
     """
     hub = hub or Hub()
     plan = _budget(budget)
@@ -282,14 +277,19 @@ def build_starter_pack(
             _log(f"loading the cached pack at {root}", progress)
             return load_starter_pack(root, hub=hub)
         _log(f"{root} holds another build; rebuilding", progress)
-    with atomic_dir(root, marker=PACK_MANIFEST, what="a starter pack", allowed=BUILDERS) as stage:
+    if isolated and not is_pinned(threads):
+        run_isolated({"out_dir": str(root), "seed": seed, "force": force, "budget": plan.model_dump(mode="json"),
+                      "pretrain": pretrain, "modalities": mods, "progress": progress,
+                      "cache_dir": str(hub.cache_dir)}, threads=threads, progress=progress)
+        return load_starter_pack(root, hub=hub)
+    with deterministic(threads), atomic_dir(root, marker=PACK_MANIFEST, what="a starter pack", allowed=BUILDERS) as stage:
         return _build(stage, root, plan, mods, seed, pretrain, progress, hub)
 
 
 def _build(stage: Path, root: Path, plan: StarterBudget, mods: list[str], seed: int, pretrain: bool, progress: bool,
            hub: Hub) -> StarterPack:
     """Build every modality into ``stage`` (swapped in as ``root`` when this returns: hub._atomic)."""
-    manifest = PackManifest(seed=seed, budget=plan, pretrain=pretrain, versions=_versions())
+    manifest = PackManifest(seed=seed, budget=plan, pretrain=pretrain, versions=_versions(), environment=environment())
     results: dict[str, AlignResult] = {}
     datasets: dict[str, StarterData] = {}
     start = time.perf_counter()
@@ -326,7 +326,7 @@ def _build(stage: Path, root: Path, plan: StarterBudget, mods: list[str], seed: 
         times["save"] = time.perf_counter() - t
         manifest.modalities[m] = {
             "classes": list(data.classes), "template": data.template, "train": int((~data.held_out).sum()),
-            "held_out": int(data.held_out.sum()), "fingerprint": data.fingerprint(),
+            "held_out": int(data.held_out.sum()), "fingerprint": data.fingerprint(), "fingerprint_kind": "content",
             "encoder": p.encoder, "pretrained": bool(pretrain and p.pretrain_epochs),
             "encoder_state": state, "align_epoch_losses": [round(x, 4) for x in result.epoch_losses],
             "seconds": {k: round(v, 2) for k, v in times.items()}, **info,
@@ -339,6 +339,11 @@ def _build(stage: Path, root: Path, plan: StarterBudget, mods: list[str], seed: 
     (stage / PACK_MANIFEST).write_text(manifest.model_dump_json(indent=2) + "\n", encoding="utf-8")  # last
     _log(f"built in {manifest.seconds:.1f}s → {root}", progress)
     return StarterPack(root, manifest, results, datasets)
+
+
+def _built_with(manifest: PackManifest) -> str:
+    v = manifest.versions
+    return ", ".join(f"{k} {v[k]}" for k in ("espeak-ng", "scikit-learn", "trimesh", "networkx", "numpy") if k in v) or "?"
 
 
 def load_starter_pack(directory: str | os.PathLike, *, hub: Hub | None = None) -> StarterPack:
@@ -384,10 +389,14 @@ def load_starter_pack(directory: str | os.PathLike, *, hub: Hub | None = None) -
             load_module_state(result.encoder, inside(root, m, where), state, f"{where}: modalities.{m}.encoder_state")
             result.encoder.eval()
         data = build_data(m, manifest.seed, **manifest.budget.plans[m].data)
-        if data.fingerprint() != info.get("fingerprint"):
+        # packs built before content was hashed recorded labels and split only
+        found = data.fingerprint() if info.get("fingerprint_kind") == "content" else data.label_fingerprint()
+        if found != info.get("fingerprint"):
             raise BundleError(
                 f"the {m} data rebuilt from seed {manifest.seed} differs from the data the pack was built on "
-                f"(fingerprint {data.fingerprint()} != {info.get('fingerprint')}); rebuild with force=True"
+                f"(fingerprint {found} != {info.get('fingerprint')}: the content of its items changed, e.g. "
+                f"another espeak-ng, scikit-learn or trimesh version; built with {_built_with(manifest)}); "
+                "rebuild with force=True"
             )
         results[m], datasets[m] = result, data
     return StarterPack(root, manifest, results, datasets)
