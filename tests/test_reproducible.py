@@ -14,11 +14,9 @@ import time
 
 import pytest
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(shutil.which("espeak-ng") is None,
-                       reason="the starter pack's spoken digits need the espeak-ng program (apt-get install espeak-ng)"),
-]
+needs_espeak = pytest.mark.skipif(
+    shutil.which("espeak-ng") is None,
+    reason="the starter pack's spoken digits need the espeak-ng program (apt-get install espeak-ng)")
 
 # one process: set its own (inference) thread count, build the tiny pack pinned (a child process), load,
 # evaluate, and print what the test compares
@@ -66,6 +64,8 @@ def _run(root, threads: int) -> dict:
     return json.loads(line[len("RESULT "):])
 
 
+@pytest.mark.slow
+@needs_espeak
 def test_two_builds_in_separate_processes_are_identical(tmp_path):
     runs, seconds = [], []
     for threads in (1, 2):
@@ -94,3 +94,61 @@ def test_two_builds_in_separate_processes_are_identical(tmp_path):
     assert report["environment"]["eval"]["torch_threads"] == 2 and not report["environment"]["eval"]["pinned"]
     assert report["environment"]["eval"]["versions"]["espeak-ng"].startswith("eSpeak NG")
     print(f"two tiny builds + evals: {seconds[0]:.1f}s and {seconds[1]:.1f}s")
+
+
+def test_deterministic_sets_and_restores_torch_state():
+    import torch
+
+    from hub_starter.determinism import deterministic
+
+    before = (torch.get_num_threads(), torch.are_deterministic_algorithms_enabled())
+    torch.set_num_threads(2)
+    try:
+        with deterministic(1) as env:
+            assert torch.get_num_threads() == 1 and torch.are_deterministic_algorithms_enabled()
+            assert env["torch_threads"] == 1 and env["deterministic_algorithms"] and env["cpu_capability"]
+        assert torch.get_num_threads() == 2 and torch.are_deterministic_algorithms_enabled() == before[1]
+        with pytest.raises(RuntimeError), deterministic(1):  # restored on errors too
+            raise RuntimeError("boom")
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before[0])
+
+
+def test_pinned_env_names_the_instruction_set_and_threads():
+    from hub.errors import InvalidOptionsError
+    from hub_starter.determinism import pinned_env
+
+    env = pinned_env(2)
+    assert env["ATEN_CPU_CAPABILITY"] in ("avx2", "default") and env["OMP_NUM_THREADS"] == env["MKL_NUM_THREADS"] == "2"
+    assert pinned_env(1, "default")["ATEN_CPU_CAPABILITY"] == "default"
+    with pytest.raises(InvalidOptionsError, match="threads"):
+        pinned_env(0)
+
+
+def test_fingerprint_hashes_item_content_not_only_labels():
+    import numpy as np
+
+    from hub_starter import digit_images, graph_families, primitive_shapes
+
+    for data in (digit_images(0, per_class=2, size=8), graph_families(0, per_class=2, nodes=(6, 8)),
+                 primitive_shapes(0, per_class=2, points=32)):
+        before = data.fingerprint()
+        assert before == data.fingerprint() and len(before) == 16
+        item = data.items[0]
+        if data.modality == "image":
+            pixels = np.asarray(item).copy()
+            pixels[0, 0, 0] ^= 1
+            from PIL import Image
+
+            data.items[0] = Image.fromarray(pixels)
+        elif data.modality == "graph":
+            item = item.copy()
+            item.add_edge(0, max(item.nodes))
+            if item.number_of_edges() == data.items[0].number_of_edges():
+                item.remove_edge(0, max(item.nodes))
+            data.items[0] = item
+        else:
+            data.items[0] = item + np.float32(1e-3)
+        assert data.fingerprint() != before, data.modality  # same labels and split, other content
+        assert data.label_fingerprint() == data.label_fingerprint()
