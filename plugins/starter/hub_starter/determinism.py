@@ -59,13 +59,28 @@ def supported_isa(wanted: str = PINNED_ISA) -> str:
     """``wanted`` when this CPU has it (x86-64 with AVX2 / AVX-512), else ``"default"``."""
     if wanted == "default" or not _is_x86():
         return "default"
-    import torch
-
-    have = torch.backends.cpu.get_cpu_capability().lower()  # what ATen found (or was told) in this process
+    have = _cpu_isa()
     order = ("default", "avx2", "avx512")
     if have not in order:
         return "default"
     return wanted if order.index(have) >= order.index(wanted) else "default"
+
+
+def _cpu_isa() -> str:
+    """The best of default / avx2 / avx512 this CPU has: from /proc/cpuinfo where there is one (not from torch,
+    which reports what ``ATEN_CPU_CAPABILITY`` told it), else what ATen found."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            flags = next((set(line.split(":", 1)[1].split()) for line in fh if line.startswith("flags")), None)
+    except OSError:
+        flags = None
+    if flags is None:
+        import torch
+
+        return torch.backends.cpu.get_cpu_capability().lower()
+    if {"avx512f", "avx512bw", "avx512vl", "avx512dq"} <= flags:
+        return "avx512"
+    return "avx2" if {"avx2", "fma"} <= flags else "default"
 
 
 def pinned_env(threads: int = BUILD_THREADS, isa: str | None = None) -> dict[str, str]:
@@ -76,7 +91,8 @@ def pinned_env(threads: int = BUILD_THREADS, isa: str | None = None) -> dict[str
         raise InvalidOptionsError(f"build threads must be >= 1; got {threads}")
     isa = supported_isa(isa or PINNED_ISA)
     env = {"ATEN_CPU_CAPABILITY": isa, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
-           "OPENBLAS_NUM_THREADS": str(threads), "PYTHONHASHSEED": "0", "CUBLAS_WORKSPACE_CONFIG": ":4096:8", PINNED_MARKER: f"{isa}:{threads}"}
+           "OPENBLAS_NUM_THREADS": str(threads), "PYTHONHASHSEED": "0", "CUBLAS_WORKSPACE_CONFIG": ":4096:8",
+           PINNED_MARKER: f"{isa}:{threads}"}
     if _is_x86():
         env["ONEDNN_MAX_CPU_ISA"] = _ONEDNN[isa]
         if isa != "default":  # numpy's OpenBLAS (the 3D data's transforms): the Haswell (AVX2) kernels
