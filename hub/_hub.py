@@ -393,11 +393,16 @@ class Hub:
 
         return attach(self.registry, source, adapter, encoder_loader=self._load_aligned, **options)
 
-    def load(self, directory: str | os.PathLike) -> "MultimodalLM":
-        """Load a multimodal LM bundle saved with ``MultimodalLM.save``."""
+    def load(self, directory: str | os.PathLike, *, backbone: str | None = None,
+             backbone_options: dict[str, Any] | None = None) -> "MultimodalLM":
+        """Load a multimodal LM bundle saved with ``MultimodalLM.save`` (untrusted input: checked first).
+
+        ``backbone`` / ``backbone_options``: your own backbone source and options instead of the bundle's
+        (needed when it references a local directory outside itself); yours win over the file's."""
         from .lm import MultimodalLM
 
-        return MultimodalLM.load(directory, registry=self.registry, encoder_loader=self._load_aligned)
+        return MultimodalLM.load(directory, registry=self.registry, encoder_loader=self._load_aligned,
+                                 backbone=backbone, backbone_options=backbone_options)
 
     def from_transformers(self, path: str | os.PathLike, adapter: str = "transformers") -> "MultimodalLM":
         """Import a composite transformers checkpoint (LLaVA, Qwen2-Audio) as encoder + projector + backbone."""

@@ -16,8 +16,11 @@ if [ ! -f "$base/.ready" ]; then
 fi
 "$base/bin/python" -m pip install -q --force-reinstall --no-deps . && "$base/bin/python" -m pip install -q -c constraints-dev.txt .
 # the core alone: the CLI works, and knows nothing of the starter pack (a plugin)
-(cd /tmp && "$OLDPWD/$base/bin/mhub" --help >/dev/null && ! "$OLDPWD/$base/bin/mhub" --help | grep -q starter-pack \
-  && ! "$OLDPWD/$base/bin/mhub" demo --help | grep -q -- --pack) || { echo "core CLI check failed"; exit 1; }
+# (help texts are captured first: `cmd | grep -q` under pipefail fails when grep stops reading early;
+# `python -m hub.cli`, not bin/mhub: the hard-linked venvs share the base venv's script, whose shebang is the base)
+top=$(cd /tmp && "$OLDPWD/$base/bin/python" -m hub.cli --help) && demo=$(cd /tmp && "$OLDPWD/$base/bin/python" -m hub.cli demo --help) \
+  || { echo "core CLI failed"; exit 1; }
+if grep -q starter-pack <<<"$top" || grep -q -- --pack <<<"$demo"; then echo "the core CLI names the starter pack"; exit 1; fi
 echo "standalone core: mhub works without plugins"
 for dir in plugins/*/; do
   name=$(basename "$dir")
@@ -53,8 +56,9 @@ rm -rf "$env"
 cp -al "$base" "$env"
 "$env/bin/python" -m pip install -q -c constraints-dev.txt ./plugins/starter ./plugins/text ./plugins/image \
   ./plugins/audio ./plugins/graph ./plugins/3d
-(cd /tmp && "$OLDPWD/$env/bin/mhub" --help | grep -q starter-pack && "$OLDPWD/$env/bin/mhub" demo --help | grep -q -- --pack) \
-  || { echo "starter plugin did not register its commands"; exit 1; }
+top=$(cd /tmp && "$OLDPWD/$env/bin/python" -m hub.cli --help) && demo=$(cd /tmp && "$OLDPWD/$env/bin/python" -m hub.cli demo --help) \
+  || { echo "mhub failed with the starter plugin installed"; exit 1; }
+grep -q starter-pack <<<"$top" && grep -q -- --pack <<<"$demo" || { echo "starter plugin did not register its commands"; exit 1; }
 (cd /tmp && "$OLDPWD/$env/bin/python" -) <<'PY'
 from hub import Hub
 import hub_starter

@@ -161,3 +161,105 @@ def test_an_aligned_directory_with_a_trained_encoder_but_no_weights_is_refused(a
     (copy / "align.json").write_text(json.dumps(manifest))
     with pytest.raises((BundleError, InvalidInputError)):
         aligned_encoder(copy)
+
+
+# -- one composer; MultimodalLM as a torch module; item keywords ----------------------------------
+
+
+@pytest.fixture(scope="module")
+def lm():
+    lm = Hub().attach("tiny-llama")
+    lm.plug("3d", encoder="tiny-point-bert", projector="mlp")
+    lm.plug("image", encoder="tiny-clip", projector="mlp")
+    return lm
+
+
+def test_every_modality_has_an_item_keyword(lm):
+    cloud = np.random.default_rng(0).normal(size=(200, 3)).astype(np.float32)
+    a = lm.forward("<3d> a shape", items={"3d": [cloud]})
+    b = lm.forward_batch(["<3d> a shape"], items={"3d": [cloud]})
+    assert torch.equal(a, b)
+    assert isinstance(lm.generate("<3d> a shape", max_new_tokens=2, items={"3d": [cloud]}), str)
+
+
+def test_unknown_item_keywords_are_refused_alike(lm):
+    from hub.errors import PromptError
+
+    with pytest.raises(PromptError, match=r"unknown keyword 'rows'.*items=\{'3d'"):
+        lm.forward("hello", rows=[1, 2])
+    with pytest.raises(PromptError, match=r"unknown keyword 'rows'.*generation options"):
+        lm.generate("hello", max_new_tokens=2, rows=[1, 2])
+    with pytest.raises(PromptError, match="unknown item keyword 'tabular'"):
+        lm.generate("hello", max_new_tokens=2, items={"tabular": [1]})
+
+
+def test_multimodal_lm_is_a_torch_module(lm):
+    assert isinstance(lm, torch.nn.Module)
+    keys = lm.state_dict().keys()
+    assert any(k.startswith("backbone.") for k in keys)
+    assert any(k.startswith("modalities.image.encoder.") for k in keys)
+    assert any(k.startswith("modalities.3d.projector.") for k in keys)
+    lm.train()
+    assert lm._plugged["image"].projector.training and lm.backbone.training
+    lm.eval()
+    assert not lm._plugged["image"].encoder.training
+    n = sum(p.numel() for p in lm.parameters())
+    assert n == sum(p.numel() for p in lm.backbone.parameters()) + sum(
+        p.numel() for m in ("image", "3d") for part in ("encoder", "projector")
+        for p in getattr(lm._plugged[m], part).parameters())
+
+
+def test_caption_alignment_goes_through_the_composer(monkeypatch):
+    from hub.lm import Composer
+
+    calls = []
+    original = Composer.compose_embedded
+
+    def spy(self, rows):
+        calls.append(len(rows))
+        comp = original(self, rows)
+        assert comp.labels is not None and (comp.labels != -100).any()
+        return comp
+
+    monkeypatch.setattr(Composer, "compose_embedded", spy)
+    from hub_image import example_images
+
+    h = Hub()
+    pairs = [(img, f"a picture {i % 2}") for i, img in enumerate(example_images(4, 0))]
+    result = h.align("image", pairs, encoder="tiny-clip", objective="caption", backbone="tiny-llama", epochs=1,
+                     batch_size=2, progress=False)
+    assert calls == [2, 2] and all(np.isfinite(result.losses))
+
+
+def test_composer_layout_of_embedded_rows_matches_inference():
+    """The same item laid out by compose (inference) and compose_embedded (training) gives the same embeddings."""
+    from hub_image import sample_image
+
+    lm = Hub().attach("tiny-llama")
+    lm.plug("image", encoder="tiny-clip", projector="mlp")
+    img = sample_image()
+    comp = lm.compose(["<image> a caption"], images=[img])
+    plug = lm._plugged["image"]
+    with torch.no_grad():
+        te = plug.encoder.encode([img])
+        tokens, mask = plug.projector(te.tokens, te.mask)
+    ids = lm.backbone.tokenize(" a caption")
+    trained = lm.compose_embedded([[("embeds", tokens[0][mask[0]]), ("target", ids)]])
+    assert torch.equal(comp.attention_mask, trained.attention_mask)
+    assert torch.allclose(comp.inputs_embeds, trained.inputs_embeds, atol=1e-6)
+    assert trained.labels[0, -len(ids):].tolist() == ids
+
+
+def test_the_cli_is_quiet_unless_verbose():
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_DISABLE_PROGRESS_BARS", "TRANSFORMERS_VERBOSITY")}
+    cmd = [sys.executable, "-m", "hub.cli"]
+    quiet = subprocess.run([*cmd, "embed", "hello world", "-e", "minilm-l6"], capture_output=True, text=True,
+                           env=env, timeout=300)
+    loud = subprocess.run([*cmd, "--verbose", "embed", "hello world", "-e", "minilm-l6"], capture_output=True,
+                          text=True, env=env, timeout=300)
+    assert quiet.returncode == 0 and loud.returncode == 0, quiet.stderr + loud.stderr
+    assert "Loading weights" not in quiet.stderr and "Loading weights" in loud.stderr

@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib
 import logging
 import os
+import sys
 import warnings
 from typing import Any
 
@@ -59,6 +60,7 @@ class HubGroup(click.Group):
         return super().list_commands(ctx)
 
     def invoke(self, ctx: click.Context) -> Any:
+        _quiet(bool(ctx.params.get("verbose")))  # before plugins import their libraries
         self._load_plugin_commands()  # plugins may extend core commands (e.g. demo steps) before they run
         return super().invoke(ctx)
 
@@ -77,6 +79,11 @@ def _quiet(verbose: bool) -> None:
     warnings.filterwarnings("ignore", module=r"(transformers|torch|torch_geometric|onnxscript|huggingface_hub)(\.|$)")
     for name in ("transformers", "torch", "onnxscript", "huggingface_hub", "torch_geometric"):
         logging.getLogger(name).setLevel(logging.ERROR)
+    if "transformers" in sys.modules:  # already imported (in-process callers): switch its bars off directly
+        try:
+            sys.modules["transformers"].utils.logging.disable_progress_bar()
+        except AttributeError:  # pragma: no cover - a transformers without the switch
+            pass
 
 
 @click.group(cls=HubGroup, context_settings=CONTEXT)

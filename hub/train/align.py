@@ -428,12 +428,9 @@ def aligned_encoder(directory: str | os.PathLike, registry: Registry | None = No
     root = Path(directory)
     state = root / ENCODER_STATE
     if state.is_file():  # a trained encoder without save_pretrained: its state dict beside (safetensors)
-        from safetensors.torch import load_model
+        from .._manifest import load_module_state
 
-        try:
-            load_model(result.encoder, str(state))
-        except Exception as exc:  # noqa: BLE001 - corrupt file, other shapes
-            raise BundleError(f"{str(state)!r} does not fit encoder {result.encoder_name!r}: {type(exc).__name__}: {exc}") from None
+        load_module_state(result.encoder, root, ENCODER_STATE, f"aligned directory {str(root)!r}")
     elif result.config.train_encoder and not (root / "encoder").is_dir():
         raise BundleError(
             f"{str(root)!r}: the encoder was trained during alignment, but neither its save_pretrained output "

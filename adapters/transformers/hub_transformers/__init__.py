@@ -47,7 +47,7 @@ class HFBackboneOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    allow_download: bool | None = Field(None, description="allow downloading missing weights (off by default)")
+    allow_download: bool | None = Field(None, description="download missing weights (default: yes, unless HF_HUB_OFFLINE=1 or MODALITY_HUB_ALLOW_DOWNLOAD=0)")
     dtype: str | None = Field(None, description="'float32', 'bfloat16', 'float16' or 'auto' (default: the checkpoint's)")
 
 

@@ -63,7 +63,7 @@ class _Options(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     weights: str | None = Field(None, description="hub id or local directory (save_pretrained layout)")
-    allow_download: bool | None = Field(None, description="allow downloading missing weights (off by default)")
+    allow_download: bool | None = Field(None, description="download missing weights (default: yes, unless HF_HUB_OFFLINE=1 or MODALITY_HUB_ALLOW_DOWNLOAD=0)")
 
 
 class WhisperOptions(_Options):

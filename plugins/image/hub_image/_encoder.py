@@ -65,7 +65,7 @@ class VisionOptions(BaseModel):
     weights: str | None = Field(None, description="hub id or local directory (save_pretrained layout)")
     feature_layer: int | None = Field(None, description="hidden_states index to take tokens from (LLaVA: -2); None = the model's final output")
     cls_token: Literal["keep", "drop"] = Field("keep", description="keep or drop CLS/register tokens (LLaVA 'default' = drop)")
-    allow_download: bool | None = None
+    allow_download: bool | None = Field(None, description="download missing weights (default: yes, unless HF_HUB_OFFLINE=1 or MODALITY_HUB_ALLOW_DOWNLOAD=0)")
 
 
 class TinyVisionOptions(BaseModel):

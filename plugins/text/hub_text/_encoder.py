@@ -43,7 +43,7 @@ class HFTextOptions(BaseModel):
     max_length: int | None = Field(None, ge=2, description="truncate to this many tokens (default: the model's)")
     pooling: Literal["mean", "cls", "max"] | None = Field(None, description="default: read from the sentence-transformers config")
     prefix: str = Field("", description="prepended to every text (E5: 'query: ' / 'passage: ')")
-    allow_download: bool | None = Field(None, description="allow downloading missing weights (off by default)")
+    allow_download: bool | None = Field(None, description="download missing weights (default: yes, unless HF_HUB_OFFLINE=1 or MODALITY_HUB_ALLOW_DOWNLOAD=0)")
 
 
 class TinyBertOptions(BaseModel):
