@@ -1,7 +1,8 @@
 """Graph augmentations: modality-preserving transforms for self-supervised learning (GraphCL-style).
 
 This module is what plugin discovery imports, so it stays light: the params models, the
-registration and thin wrappers.  The work (torch_geometric, networkx, scipy) lives in
+registration and thin wrappers (the params models live in
+:mod:`hub_graph._augment_params`).  The work (torch_geometric, networkx, scipy) lives in
 :mod:`hub_graph._augment_impl`, imported by a wrapper's first call.
 
 Every augmentation is ``fn(item, rng, **params) -> Data``: it reads any accepted
@@ -36,12 +37,19 @@ subgraph       a connected subgraph grown breadth-first (hop by hop, ``k_hop_sub
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable, Literal
-
-from pydantic import Field
+from typing import TYPE_CHECKING, Any, Callable
 
 from hub import AugmentationSpec, hookimpl
 from hub.augment import AugmentParams as _Params
+
+from ._augment_params import (
+    DEFAULT_IN_CHANNELS,
+    DESCRIPTIONS,
+    EdgePerturbParams,
+    FeatureMaskParams,
+    NodeDropParams,
+    SubgraphParams,
+)
 
 if TYPE_CHECKING:
     import numpy as np
@@ -51,29 +59,6 @@ __all__ = [
     "AUGMENTATIONS", "DEFAULT_IN_CHANNELS", "edge_perturb", "feature_mask", "node_drop", "read_graph",
     "register_augmentations", "subgraph",
 ]
-
-#: feature width of the structural / chemical recipe (the encoders' default ``in_channels``)
-DEFAULT_IN_CHANNELS = 16
-
-
-# -- params ------------------------------------------------------------------------------------------
-class NodeDropParams(_Params):
-    share: float = Field(0.2, ge=0.0, lt=1.0, description="share of the nodes to drop")
-    min_nodes: int = Field(1, ge=1, description="nodes that always stay (when the graph has that many)")
-
-
-class EdgePerturbParams(_Params):
-    share: float = Field(0.2, ge=0.0, le=1.0, description="share of the undirected edges to drop, and to add")
-
-
-class FeatureMaskParams(_Params):
-    share: float = Field(0.2, ge=0.0, le=1.0, description="share of the feature columns (or entries) to zero")
-    mode: Literal["column", "entry"] = Field("column", description="zero whole columns, or single entries")
-
-
-class SubgraphParams(_Params):
-    share: float = Field(0.5, gt=0.0, le=1.0, description="share of the nodes the subgraph keeps")
-    min_nodes: int = Field(4, ge=1, description="nodes kept at least (capped by the largest component)")
 
 
 # -- thin wrappers -----------------------------------------------------------------------------------
@@ -89,14 +74,6 @@ def _lazy(name: str) -> Callable[..., Data]:
     fn.__doc__ = f"Graph augmentation {name!r}: {DESCRIPTIONS[name]} (implemented in hub_graph._augment_impl)."
     return fn
 
-
-#: name -> description
-DESCRIPTIONS = {
-    "node_drop": "drop a share of the nodes and their edges; renumber the rest",
-    "edge_perturb": "drop a share of the edges and add as many new random ones",
-    "feature_mask": "zero a share of the feature columns or entries",
-    "subgraph": "a connected breadth-first subgraph around a random node",
-}
 
 node_drop = _lazy("node_drop")
 edge_perturb = _lazy("edge_perturb")

@@ -49,7 +49,7 @@ from hub import InvalidInputError
 from hub.augment import AugmentParams as _Params
 from hub.augment import parse_params
 
-from ._augment import (
+from ._augment_params import (
     DEFAULT_IN_CHANNELS,
     DESCRIPTIONS,
     EdgePerturbParams,
