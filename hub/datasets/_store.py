@@ -158,8 +158,10 @@ def verify(dest: Path) -> dict[str, Any]:
             errors += t.num_rows - t.column("error").null_count
             all_ids.append(t.column("id").combine_chunks())
     ids = pa.concat_arrays(all_ids) if all_ids else pa.array([], pa.string())
-    counts = pc.value_counts(ids) if len(ids) else pa.array([], pa.struct([("values", pa.string()), ("counts", pa.int64())]))
-    dupes = [d["values"] for d in counts.to_pylist() if d["counts"] > 1] if len(ids) else []
+    dupes: list[str] = []
+    if len(ids):
+        counts = pc.value_counts(ids)
+        dupes = pc.filter(counts, pc.greater(counts.field("counts"), 1)).field("values").to_pylist()
     return {"rows": rows, "total": len(ids), "errors": errors, "duplicate_ids": dupes[:10],
             "duplicates": len(dupes)}
 
