@@ -17,7 +17,7 @@ $(VENV)/.installed: pyproject.toml constraints-dev.txt Makefile $(foreach p,$(PL
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip "setuptools>=77,<82" wheel
 	$(PIP) install -q -c constraints-dev.txt torch torchaudio
-	$(PIP) install -q -c constraints-dev.txt --no-build-isolation -e ".[test,onnx,starter,serve,ray,datasets]" $(foreach p,$(PLUGINS) $(EXAMPLES),-e $(p))
+	$(PIP) install -q -c constraints-dev.txt --no-build-isolation -e ".[test,onnx,starter,serve,ray,datasets,lance]" $(foreach p,$(PLUGINS) $(EXAMPLES),-e $(p))
 	touch $@
 
 install: $(VENV)/.installed

@@ -365,3 +365,40 @@ def test_cli_info_and_clear(hub, tmp_path, monkeypatch):
     bad.write_bytes(b"not a database, not at all" * 100)
     res = runner.invoke(cache_cli, ["info", "--path", str(bad)])
     assert res.exit_code == 0 and "set aside" in res.output
+
+
+def test_dataset_embedding_uses_the_cache(tmp_path, monkeypatch):
+    """embed_dataset(cache=...) and `mhub embed-dataset --cache`: a second run over the same items is served
+    from the store, with the same vectors."""
+    pa = pytest.importorskip("pyarrow")
+    import json
+
+    import pyarrow.parquet as pq
+
+    from hub.cli import main
+    from hub.datasets import embed_dataset
+
+    rows = [{"id": f"r{i}", "text": f"sentence number {i} about cats"} for i in range(12)]
+    src = tmp_path / "src.jsonl"
+    src.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    shared = tmp_path / "embeddings.sqlite"  # where `--cache` looks with MODALITY_HUB_CACHE=tmp_path
+    embed_dataset(src, tmp_path / "a", encoder="tiny-bert", column="text", cache=str(shared), progress=False)
+    assert EmbeddingCache(shared).info()["entries"] == len(rows)
+    monkeypatch.setenv("MODALITY_HUB_CACHE", str(tmp_path))
+
+    def no_model(self, **tensors):
+        raise RuntimeError("the model ran although every item is in the cache")
+
+    import hub_text._encoder
+
+    monkeypatch.setattr(hub_text._encoder.HFTextEncoder, "forward", no_model)
+    res = CliRunner().invoke(main, ["embed-dataset", str(src), str(tmp_path / "b"), "-e", "tiny-bert", "--column",
+                                    "text", "--cache", "--quiet"], catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    assert EmbeddingCache(shared).info()["entries"] == len(rows)
+
+    def vectors(dest):
+        table = pa.concat_tables([pq.read_table(p) for p in sorted(dest.rglob("*.parquet"))]).sort_by("id")
+        return table.column("embedding").combine_chunks().values.to_numpy()
+
+    assert (vectors(tmp_path / "a") == vectors(tmp_path / "b")).all()

@@ -40,11 +40,13 @@ from ._common import fail, parse_options
 @click.option("--dedupe", type=click.Choice(["first"]), help="Keep each duplicated id's first row instead of refusing.")
 @click.option("--lance/--no-lance", default=None, help="Also write Lance datasets under DEST/lance (default: when pylance is installed).")
 @click.option("--device", help="Device for the local engine (e.g. cuda).")
+@click.option("--cache", is_flag=True,
+              help="Use the on-disk embedding cache (MODALITY_HUB_CACHE/embeddings.sqlite): items already embedded are not run again.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 def embed_dataset_cmd(source, dest, encoders, column, id_column, modality_column, engine, workers, address, num_cpus,
                       num_gpus, batch_size, model_batch_size, runtime, options, tokens, normalize, no_resume, dedupe,
-                      lance, device, as_json, quiet) -> None:
+                      lance, device, cache, as_json, quiet) -> None:
     """Embed SOURCE into DEST, a Parquet dataset partitioned by embedding space.
 
     SOURCE is a Parquet file or directory, a JSONL or CSV file, or a directory or
@@ -63,7 +65,7 @@ def embed_dataset_cmd(source, dest, encoders, column, id_column, modality_column
             model_batch_size=model_batch_size, workers=workers, runtime=runtime, tokens=tokens,
             normalize=normalize, resume=not no_resume, dedupe=dedupe, options=parse_options(options),
             lance=lance, progress=not quiet and not as_json, device=device, num_cpus=num_cpus,
-            num_gpus=num_gpus, address=address,
+            num_gpus=num_gpus, address=address, cache=True if cache else None,
         )
     except HubError as exc:
         fail(exc)
