@@ -279,6 +279,8 @@ class Registry:
         encoder.modality = spec.modality
         encoder.license = spec.license
         encoder.pretrained = spec.pretrained
+        if getattr(encoder, "item_processor", None) is not None:  # errors name the encoder, as before the split
+            encoder.item_processor.name = spec.name
         return encoder
 
     def create_processor(self, name: str, **options: Any):

@@ -46,6 +46,7 @@ ACCEPTS = (
     "numpy/torch float array (N, 3) xyz or (N, 3 + C) with C extra channels (normals, colours)",
     "trimesh.Trimesh (sampled on its surface), trimesh.PointCloud or trimesh.Scene",
     "path to a " + ", ".join(FILE_SUFFIXES) + " file",
+    "dict {'data': file bytes, 'format': 'ply' | 'obj' | 'off' | 'stl' | 'xyz' | 'npy'}",
 )
 
 

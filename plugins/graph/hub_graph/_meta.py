@@ -15,6 +15,7 @@ ACCEPTS = (
     "networkx graph (node attribute 'x' as features, else structural features)",
     "dict with 'edge_index' (2, num_edges) and optional 'x', 'edge_attr', 'num_nodes'",
     f"path to a graph file ({', '.join(FILE_SUFFIXES)})",
+    "dict {'data': GraphML / GML / edge-list text, 'format': 'graphml' | 'gml' | 'edgelist'}",
     "SMILES str with modality='graph' (needs modality-hub-graph[chem])",
 )
 
