@@ -255,7 +255,7 @@ class Projector(nn.Module):
         from .._atomic import atomic_dir, atomic_write_bytes
 
         state = {k: v.detach().to("cpu").contiguous() for k, v in self.state_dict().items()}
-        blobs = {WEIGHTS_NAME: save(state, metadata={"format": "pt", "kind": self.kind}),
+        blobs = {WEIGHTS_NAME: save(state, metadata={"format": "pt"}),
                  CONFIG_NAME: (self.config.model_dump_json(indent=2) + "\n").encode()}
         path = Path(directory)
         if path.is_dir() and (not os.listdir(path) or set(os.listdir(path)) - set(blobs)):  # e.g. a staged bundle

@@ -275,7 +275,7 @@ class GraphEncoder(Encoder):
         path.mkdir(parents=True, exist_ok=True)
         (path / CONFIG_NAME).write_text(json.dumps(self.config.model_dump(), indent=2) + "\n", encoding="utf-8")
         state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
-        save_file(state, path / WEIGHTS_NAME, metadata={"format": "pt", "arch": self.config.arch})
+        save_file(state, path / WEIGHTS_NAME, metadata={"format": "pt"})
         return path
 
     # -- forward -------------------------------------------------------------------------------------
