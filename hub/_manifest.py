@@ -411,6 +411,23 @@ def check_widths(config: Mapping[str, Any], where: str) -> None:
                           "width, depth or count)")
 
 
+def tensor_problems(expected: dict[str, Any], got: dict[str, Any]) -> list[str]:
+    """What differs between the tensor names and shapes a module expects and those a file or state dict holds:
+    ``["missing tensors [...]", "unexpected tensors [...]", "shape mismatch a: expected (2, 3), got (3, 2)"]``."""
+    missing = sorted(set(expected) - set(got))
+    unexpected = sorted(set(got) - set(expected))
+    wrong = [f"{k}: expected {tuple(expected[k])}, got {tuple(got[k])}" for k in sorted(set(expected) & set(got))
+             if tuple(expected[k]) != tuple(got[k])]
+    problems = []
+    if missing:
+        problems.append(f"missing tensors {missing}")
+    if unexpected:
+        problems.append(f"unexpected tensors {unexpected}")
+    if wrong:
+        problems.append("shape mismatch " + "; ".join(wrong))
+    return problems
+
+
 def check_tensors(path: Path, expected: Mapping[str, tuple[int, ...]], what: str, *,
                   dtypes: Iterable[str] = ("F32", "F16", "BF16", "F64"), error: type[BundleError] = BundleError,
                   hint: str = "") -> None:
@@ -425,18 +442,8 @@ def check_tensors(path: Path, expected: Mapping[str, tuple[int, ...]], what: str
     except BundleError as exc:
         raise error(f"{exc}" + (f". {hint}" if hint else "")) from None
     dtypes = tuple(dtypes)
-    missing = sorted(set(expected) - set(tensors))
-    unexpected = sorted(set(tensors) - set(expected))
-    wrong = [f"{k}: expected {tuple(expected[k])}, got {tensors[k][1]}" for k in sorted(set(expected) & set(tensors))
-             if tuple(expected[k]) != tensors[k][1]]
+    problems = tensor_problems(expected, {k: v[1] for k, v in tensors.items()})
     bad_dtype = [f"{k}: {tensors[k][0]}" for k in sorted(set(expected) & set(tensors)) if tensors[k][0] not in dtypes]
-    problems = []
-    if missing:
-        problems.append(f"missing tensors {missing}")
-    if unexpected:
-        problems.append(f"unexpected tensors {unexpected}")
-    if wrong:
-        problems.append("shape mismatch " + "; ".join(wrong))
     if bad_dtype:
         problems.append(f"dtypes {', '.join(bad_dtype)} (accepted: {', '.join(dtypes)})")
     if problems:

@@ -9,7 +9,7 @@ import torch
 from .errors import InvalidInputError
 from .tokens import Pooling, TokenEmbeddings
 
-__all__ = ["Encoder", "describe_item"]
+__all__ = ["Encoder", "describe_item", "invalid_item"]
 
 
 class Encoder(torch.nn.Module):
@@ -110,11 +110,17 @@ class Encoder(torch.nn.Module):
 
     def invalid(self, index: int, item: Any, problem: str, accepted: str | None = None) -> InvalidInputError:
         """An :class:`InvalidInputError` that names the item, the problem and what is accepted."""
-        accepted = accepted or (", ".join(self.accepts) if self.accepts else None)
-        msg = f"item {index} ({describe_item(item)}): {problem}"
-        if accepted:
-            msg += f". {self.name} accepts: {accepted}"
-        return InvalidInputError(msg, index=index)
+        return invalid_item(self.name, self.accepts, index, item, problem, accepted)
+
+
+def invalid_item(name: str, accepts: Sequence[str], index: int, item: Any, problem: str,
+                 accepted: str | None = None) -> InvalidInputError:
+    """The :class:`InvalidInputError` of an item ``name`` refuses: names the item, the problem and what is accepted."""
+    accepted = accepted or (", ".join(accepts) if accepts else None)
+    msg = f"item {index} ({describe_item(item)}): {problem}"
+    if accepted:
+        msg += f". {name} accepts: {accepted}"
+    return InvalidInputError(msg, index=index)
 
 
 def describe_item(item: Any, limit: int = 40) -> str:

@@ -22,7 +22,7 @@ from typing import Any, Sequence
 
 import torch
 
-from .encoder import describe_item
+from .encoder import invalid_item
 from .errors import InvalidInputError
 
 __all__ = ["Processor", "EncoderProcessor"]
@@ -63,11 +63,7 @@ class Processor:
 
     def invalid(self, index: int, item: Any, problem: str, accepted: str | None = None) -> InvalidInputError:
         """An :class:`InvalidInputError` that names the item, the problem and what is accepted."""
-        accepted = accepted or (", ".join(self.accepts) if self.accepts else None)
-        msg = f"item {index} ({describe_item(item)}): {problem}"
-        if accepted:
-            msg += f". {self.name} accepts: {accepted}"
-        return InvalidInputError(msg, index=index)
+        return invalid_item(self.name, self.accepts, index, item, problem, accepted)
 
 
 class EncoderProcessor(Processor):

@@ -31,6 +31,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from torch import nn
 
+from .._manifest import tensor_problems
 from .._registry import Registry, default_registry
 from ..errors import BundleError, InvalidInputError, InvalidOptionsError, SpaceMismatchError
 from ..hookspecs import hookimpl
@@ -315,18 +316,7 @@ class Projector(nn.Module):
     def load_torch_state(self, state: Mapping[str, torch.Tensor], source: str = "state dict") -> None:
         """Copy ``state`` in after checking tensor names and shapes against this projector."""
         expected = {k: tuple(v.shape) for k, v in self.state_dict().items()}
-        got = {k: tuple(v.shape) for k, v in state.items()}
-        missing = sorted(set(expected) - set(got))
-        unexpected = sorted(set(got) - set(expected))
-        wrong = [f"{k}: expected {expected[k]}, got {got[k]}" for k in sorted(set(expected) & set(got))
-                 if expected[k] != got[k]]
-        problems = []
-        if missing:
-            problems.append(f"missing tensors {missing}")
-        if unexpected:
-            problems.append(f"unexpected tensors {unexpected}")
-        if wrong:
-            problems.append("shape mismatch " + "; ".join(wrong))
+        problems = tensor_problems(expected, {k: tuple(v.shape) for k, v in state.items()})
         if problems:
             raise InvalidWeightsError(
                 f"{source} does not match a {self.kind} projector {self.config.model_dump(exclude={'seed'})}: "

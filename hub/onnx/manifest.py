@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
 from typing import Any, Literal
@@ -12,7 +11,7 @@ import torch
 from pydantic import BaseModel, ConfigDict
 
 from .._atomic import recover
-from .._manifest import file_options, inside, read_manifest
+from .._manifest import file_options, file_sha256, inside, read_manifest
 from ..errors import BundleError
 from ..tokens import Pooling
 
@@ -144,11 +143,3 @@ def _check_external_data(model: Path, root: Path, where: str) -> None:
         if edh.uses_external_data(t):
             location = next((e.value for e in t.external_data if e.key == "location"), "")
             inside(root, location, f"{where}: model.onnx keeps tensor {t.name!r} in", must_exist=False)
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()

@@ -26,9 +26,8 @@ from ..encoder import Encoder
 from ..errors import BundleError, ContextLengthError, InvalidInputError, InvalidOptionsError
 from ..lm import Composer, MultimodalLM, ProjectedEncoder, Projector, attach, build_projector
 from ..tokens import TokenEmbeddings
-from .checkpoints import CHECKPOINT_DIR, load_checkpoint
 from .heads import LogitScale
-from .loop import forward, make_config, resolve_encoder, resolve_registry, train_epochs
+from .loop import forward, make_config, resolve_encoder, resolve_registry, resume_run, train_epochs
 from .losses import clip_loss
 
 __all__ = ["AlignConfig", "AlignManifest", "AlignResult", "ALIGN_MANIFEST", "ALIGN_FORMAT", "align", "aligned_encoder",
@@ -372,15 +371,7 @@ def align(
         modules["encoder"] = enc
     params = [p for m in modules.values() for p in m.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
-    root = Path(out_dir) if out_dir is not None else None
-    losses: list[float] = []
-    epoch_losses: list[float] = []
-    start = 0
-    if root is not None and resume:
-        state = load_checkpoint(root, modules, optimizer, config)
-        if state is not None:
-            start, losses, epoch_losses = int(state["epoch"]), list(state["losses"]), list(state["epoch_losses"])
-    checkpoint = root / CHECKPOINT_DIR if root is not None and (root / CHECKPOINT_DIR).is_dir() else None
+    root, start, losses, epoch_losses, checkpoint = resume_run(out_dir, resume, modules, optimizer, config)
 
     def batch_tokens(batch: list[int]) -> TokenEmbeddings:
         if cached is None:

@@ -16,7 +16,7 @@ from ..errors import HubError, InvalidInputError, InvalidOptionsError
 from ..tokens import TokenEmbeddings
 from .checkpoints import save_checkpoint
 
-__all__ = ["make_config", "resolve_registry", "resolve_encoder", "forward", "train_epochs"]
+__all__ = ["make_config", "resolve_registry", "resolve_encoder", "forward", "train_epochs", "resume_run"]
 
 
 def make_config(model: type[BaseModel], **values: Any) -> Any:
@@ -129,3 +129,19 @@ def train_epochs(
                     "seeds": {"seed": seed, "epoch_seed": epoch_seed},
                 })
     return checkpoint
+
+
+def resume_run(out_dir: Any, resume: bool, modules: dict[str, Any], optimizer: Any,
+               config: BaseModel) -> tuple[Path | None, int, list[float], list[float], Path | None]:
+    """``(root, start epoch, losses, epoch losses, existing checkpoint)`` of a run writing to ``out_dir``:
+    restored from ``out_dir/checkpoint`` when ``resume`` and one exists (it must match ``config``)."""
+    from .checkpoints import CHECKPOINT_DIR, load_checkpoint
+
+    root = Path(out_dir) if out_dir is not None else None
+    start, losses, epoch_losses = 0, [], []
+    if root is not None and resume:
+        state = load_checkpoint(root, modules, optimizer, config)
+        if state is not None:
+            start, losses, epoch_losses = int(state["epoch"]), list(state["losses"]), list(state["epoch_losses"])
+    checkpoint = root / CHECKPOINT_DIR if root is not None and (root / CHECKPOINT_DIR).is_dir() else None
+    return root, start, losses, epoch_losses, checkpoint

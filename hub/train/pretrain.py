@@ -22,9 +22,8 @@ from .._registry import Registry
 from ..augment import augment
 from ..encoder import Encoder
 from ..errors import BundleError, InvalidInputError, InvalidOptionsError
-from .checkpoints import CHECKPOINT_DIR, load_checkpoint
 from .heads import MaskedDecoder, ProjectionHead
-from .loop import forward, make_config, resolve_encoder, resolve_registry, train_epochs
+from .loop import forward, make_config, resolve_encoder, resolve_registry, resume_run, train_epochs
 from .losses import chamfer_distance, nt_xent
 from .masked import MaskedBatch, masked_fn
 
@@ -210,16 +209,7 @@ def pretrain(
     params = [p for p in [*enc.parameters(), *head.parameters()] if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
     modules = {"encoder": enc, "head": head}
-    root = Path(out_dir) if out_dir is not None else None
-    losses: list[float] = []
-    epoch_losses: list[float] = []
-    start = 0
-    if root is not None and resume:
-        state = load_checkpoint(root, modules, optimizer, config)
-        if state is not None:
-            start, losses, epoch_losses = int(state["epoch"]), list(state["losses"]), list(state["epoch_losses"])
-
-    checkpoint = root / CHECKPOINT_DIR if root is not None and (root / CHECKPOINT_DIR).is_dir() else None
+    root, start, losses, epoch_losses, checkpoint = resume_run(out_dir, resume, modules, optimizer, config)
     try:
         checkpoint = train_epochs(
             lambda batch, rng, gen: task.loss(head, [items[i] for i in batch], rng, gen),
