@@ -1,37 +1,6 @@
-"""Graph augmentations, the implementation (imports torch_geometric; :mod:`hub_graph._augment` registers
-thin wrappers that import this module on their first call).
-
-Modality-preserving transforms for self-supervised learning (GraphCL-style).
-
-Every augmentation is ``fn(item, rng, **params) -> Data``: it reads any accepted
-graph item with the plugin's own reader (:func:`hub_graph._items.to_graph`:
-features as given, or the 16-column structural / chemical recipe when the item
-has none) and returns a **new** ``torch_geometric.data.Data`` in the canonical
-form ``Data(x=(num_nodes, F) float32, edge_index=(2, E) long, num_nodes=N)`` with
-undirected, coalesced edges (each edge both ways) — never modifying the input.
-``F`` is the item's own feature width (16 when features are computed), so an
-encoder with that ``in_channels`` reads the result.  Other fields (``edge_attr``,
-labels) are not carried over.  Randomness comes only from ``rng`` (a
-``numpy.random.Generator``; an int seed or ``None`` also works); the graph work is
-done by ``torch_geometric.utils`` (``subgraph``, ``k_hop_subgraph``,
-``to_undirected``) and scipy's ``connected_components``.
-
-=============  ==============================================================================
-name           what it does (params)
-=============  ==============================================================================
-node_drop      drop ``round(share * N)`` random nodes and their edges (at least ``min_nodes``
-               nodes stay); the rest are renumbered in their original order
-edge_perturb   drop ``round(share * E)`` random undirected edges and add as many new random
-               ones (never self-loops or existing edges; fewer if the graph is nearly complete)
-feature_mask   zero ``round(share * F)`` random feature columns (``mode="column"``) or each
-               entry with probability ``share`` (``mode="entry"``); columns that are already
-               all zero are not picked
-subgraph       a connected subgraph grown breadth-first (hop by hop, ``k_hop_subgraph``) from
-               a random node until it has ``max(min_nodes, ceil(share * N))`` nodes (the last
-               hop is sampled); capped by the largest connected component, and the start node
-               is drawn from components at least that large
-=============  ==============================================================================
-"""
+"""Graph augmentations, the implementation: it imports torch_geometric, so :mod:`hub_graph._augment`
+(whose docstring describes every augmentation and the canonical ``Data`` form) registers thin wrappers
+that import this module on their first call."""
 
 from __future__ import annotations
 
