@@ -31,6 +31,7 @@ from typing import Any, Iterable, Mapping, TypeVar
 from pydantic import BaseModel, ValidationError
 
 from .errors import BundleError, InvalidOptionsError, WeightsNotFoundError
+from .weights import tensor_problems
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -409,23 +410,6 @@ def check_widths(config: Mapping[str, Any], where: str) -> None:
     if wide:
         raise BundleError(f"{where} claims {wide}; refused before allocating anything (at most {MAX_WIDTH:,} per "
                           "width, depth or count)")
-
-
-def tensor_problems(expected: dict[str, Any], got: dict[str, Any]) -> list[str]:
-    """What differs between the tensor names and shapes a module expects and those a file or state dict holds:
-    ``["missing tensors [...]", "unexpected tensors [...]", "shape mismatch a: expected (2, 3), got (3, 2)"]``."""
-    missing = sorted(set(expected) - set(got))
-    unexpected = sorted(set(got) - set(expected))
-    wrong = [f"{k}: expected {tuple(expected[k])}, got {tuple(got[k])}" for k in sorted(set(expected) & set(got))
-             if tuple(expected[k]) != tuple(got[k])]
-    problems = []
-    if missing:
-        problems.append(f"missing tensors {missing}")
-    if unexpected:
-        problems.append(f"unexpected tensors {unexpected}")
-    if wrong:
-        problems.append("shape mismatch " + "; ".join(wrong))
-    return problems
 
 
 def check_tensors(path: Path, expected: Mapping[str, tuple[int, ...]], what: str, *,

@@ -11,7 +11,8 @@ import torch
 
 from .errors import WeightsNotFoundError
 
-__all__ = ["from_pretrained", "downloads_allowed", "download_policy", "state_dict_sha256", "ENV_ALLOW_DOWNLOAD"]
+__all__ = ["from_pretrained", "downloads_allowed", "download_policy", "state_dict_sha256", "tensor_problems",
+           "ENV_ALLOW_DOWNLOAD"]
 
 ENV_ALLOW_DOWNLOAD = "MODALITY_HUB_ALLOW_DOWNLOAD"
 ENV_HF_OFFLINE = "HF_HUB_OFFLINE"
@@ -124,3 +125,20 @@ def state_dict_sha256(module: torch.nn.Module) -> str:
         h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
         h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()
+
+
+def tensor_problems(expected: dict[str, Any], got: dict[str, Any]) -> list[str]:
+    """What differs between the tensor names and shapes a module expects and those a file or state dict holds:
+    ``["missing tensors [...]", "unexpected tensors [...]", "shape mismatch a: expected (2, 3), got (3, 2)"]``."""
+    missing = sorted(set(expected) - set(got))
+    unexpected = sorted(set(got) - set(expected))
+    wrong = [f"{k}: expected {tuple(expected[k])}, got {tuple(got[k])}" for k in sorted(set(expected) & set(got))
+             if tuple(expected[k]) != tuple(got[k])]
+    problems = []
+    if missing:
+        problems.append(f"missing tensors {missing}")
+    if unexpected:
+        problems.append(f"unexpected tensors {unexpected}")
+    if wrong:
+        problems.append("shape mismatch " + "; ".join(wrong))
+    return problems

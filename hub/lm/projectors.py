@@ -31,12 +31,12 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from torch import nn
 
-from .._manifest import tensor_problems
 from .._registry import Registry, default_registry
 from ..errors import BundleError, InvalidInputError, InvalidOptionsError, SpaceMismatchError
 from ..hookspecs import hookimpl
 from ..specs import ProjectorSpec
 from ..tokens import TokenEmbeddings
+from ..weights import tensor_problems
 
 __all__ = [
     "ProjectorConfig",
