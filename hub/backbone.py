@@ -78,4 +78,9 @@ class Backbone(torch.nn.Module, ABC):
         max_new_tokens: int,
         **kwargs: Any,
     ) -> list[list[int]]:
-        """New token ids per sequence (KV-cached decoding; greedy unless kwargs say otherwise)."""
+        """New token ids per sequence (KV-cached decoding; greedy unless kwargs say otherwise).
+
+        Adapters may also offer ``generate_stream(inputs_embeds, attention_mask, max_new_tokens, **kwargs)``
+        yielding token ids as they are chosen (one sequence); ``mhub serve``'s chat streams through it
+        when present, and sends the whole answer as one chunk otherwise.
+        """
