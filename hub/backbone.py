@@ -80,7 +80,8 @@ class Backbone(torch.nn.Module, ABC):
     ) -> list[list[int]]:
         """New token ids per sequence (KV-cached decoding; greedy unless kwargs say otherwise).
 
-        Adapters may also offer ``generate_stream(inputs_embeds, attention_mask, max_new_tokens, **kwargs)``
-        yielding token ids as they are chosen (one sequence); ``mhub serve``'s chat streams through it
-        when present, and sends the whole answer as one chunk otherwise.
+        Adapters may also offer ``generate_stream(inputs_embeds, attention_mask, max_new_tokens, on_tokens,
+        **kwargs)`` for one sequence, calling ``on_tokens(new_ids_so_far)`` after every token and stopping
+        when it returns True; ``mhub serve``'s chat streams through it when present, and sends the whole
+        answer as one chunk otherwise.
         """
