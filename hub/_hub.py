@@ -151,7 +151,8 @@ class Hub:
         from . import onnx as hub_onnx
 
         if directory is None:
-            key = hashlib.sha256(str(Path(aligned).resolve()).encode()).hexdigest()[:12]
+            manifest = (Path(aligned) / "align.json").read_bytes()  # a re-written directory gets a new export
+            key = hashlib.sha256(str(Path(aligned).resolve()).encode() + manifest).hexdigest()[:12]
             directory = self.cache_dir / "onnx" / f"aligned-{key}"
             if not (Path(directory) / "manifest.json").is_file():
                 enc = self._aligned(aligned, None, {})
