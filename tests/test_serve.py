@@ -611,3 +611,24 @@ def test_load_models_aliases_and_warm_up(hub, tmp_path):
         assert 'mhub_batch_size_count{model="graphs"}' not in metrics  # warm-up batches are not client batches
         assert float(next(line.split()[-1] for line in metrics.splitlines()
                           if line.startswith('mhub_batch_duration_seconds_count{model="graphs"}'))) >= 4
+
+
+def test_served_items_come_from_the_embedding_cache(hub, tmp_path):
+    """mhub serve --cache: a second request for the same items is answered from the store, bit for bit,
+    without running the model (the encoder's forward is broken for the second request)."""
+    from hub.cache import EmbeddingCache
+
+    texts = ["a cat on a mat", "two dogs", "a bird"]
+    encoder = hub.registry.create_encoder("tiny-bert").eval()
+    store = tmp_path / "embeddings.sqlite"
+    with running({"tiny-bert": encoder}, cache=str(store)) as s:
+        first = vectors(post(s, {"model": "tiny-bert", "input": texts}))
+        assert EmbeddingCache(store).info()["entries"] == len(texts)
+        original = encoder.forward
+        encoder.forward = lambda **_: (_ for _ in ()).throw(RuntimeError("the model ran for cached items"))
+        try:
+            again = vectors(post(s, {"model": "tiny-bert", "input": list(reversed(texts))}))
+        finally:
+            encoder.forward = original
+    assert np.array_equal(again[::-1], first)
+    np.testing.assert_allclose(first, reference(hub, texts, "tiny-bert"), atol=1e-5)

@@ -45,6 +45,9 @@ def _config_options(fn):
               help="require 'Authorization: Bearer KEY' (except /health/*); default: $MODALITY_HUB_API_KEY, else none")
 @_config_options
 @click.option("--no-batching", is_flag=True, help="one request per batch (for comparisons)")
+@click.option("--cache", "use_cache", is_flag=True,
+              help="use the on-disk embedding cache (MODALITY_HUB_CACHE/embeddings.sqlite): items already embedded "
+                   "are served from it")
 @click.option("--torch-threads", type=int, default=None,
               help="PyTorch intra-op threads (torch.set_num_threads); default: PyTorch's (the physical cores). "
                    "On shared or CPU-quota'd machines 1 is often much faster: parallel ops wait for their slowest thread")
@@ -61,8 +64,8 @@ def _config_options(fn):
               help="chat requests waiting for the model; above it requests get 429")
 @click.option("--log-level", default="info", show_default=True,
               type=click.Choice(["critical", "error", "warning", "info", "debug"]))
-def serve_command(encoders, runtime, device, host, port, api_key, no_batching, torch_threads, log_level, bundle, bundle_name,
-                  allow_admin, chat_max_tokens, chat_queue, **settings):
+def serve_command(encoders, runtime, device, host, port, api_key, no_batching, use_cache, torch_threads, log_level, bundle,
+                  bundle_name, allow_admin, chat_max_tokens, chat_queue, **settings):
     """Serve embeddings of every modality over HTTP, in OpenAI's /v1/embeddings shape.
 
     \b
@@ -82,6 +85,10 @@ def serve_command(encoders, runtime, device, host, port, api_key, no_batching, t
     mhub serve --bundle ./my-bundle --api-key KEY
     """
     try:
+        if use_cache:
+            from ..cache import default_cache_path
+
+            settings["cache"] = str(default_cache_path())
         config = ServeConfig.with_env_key(api_key, batching=not no_batching, **settings)
     except ValueError as exc:  # pydantic: an option out of range
         fail(HubError(f"invalid option: {exc}"))

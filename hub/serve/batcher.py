@@ -76,6 +76,11 @@ class Batcher:
         self.busy_since: float | None = None
         self.warm = False
         self._rate = 0.0  # items/s, exponential moving average over batches
+        self.cache = None
+        if config.cache:  # items already embedded (by this server, Hub.embed or embed-dataset) never run again
+            from ..cache import open_cache
+
+            self.cache = open_cache(config.cache)
 
     # -- lifecycle ---------------------------------------------------------------------------
     def start(self, warm_up: list[Any] | None = None) -> None:
@@ -244,19 +249,33 @@ class Batcher:
         job = _Job(prepared, lengths, False, None)  # type: ignore[arg-type]
         n = len(prepared)
         for idx in ([0], [n - 1], list(range(min(8, n))), list(range(n))):
-            self._run([(job, i) for i in idx])
+            self._run([(job, i) for i in idx], use_cache=False)
 
-    def _run(self, batch: list[tuple[_Job, int]]) -> tuple[torch.Tensor, list[torch.Tensor | None]]:
-        """In the worker thread: collate + forward; the pooled rows and the tokens wanted."""
+    def _run(self, batch: list[tuple[_Job, int]], use_cache: bool = True) -> tuple[torch.Tensor, list[torch.Tensor | None]]:
+        """In the worker thread: collate + forward (only of the items the cache misses, with one); the pooled
+        rows and the tokens wanted."""
         start = self.last_beat = self.busy_since = time.monotonic()
         try:
             enc = self.encoder
-            tensors = enc.collate([job.prepared[i] for job, i in batch])
             device = getattr(enc, "device", None)
-            if device is not None:
-                tensors = {k: v.to(device) for k, v in tensors.items()}
+
+            def forward(rows: list[int]) -> Any:
+                tensors = enc.collate([batch[r][0].prepared[batch[r][1]] for r in rows])
+                if device is not None:
+                    tensors = {k: v.to(device) for k, v in tensors.items()}
+                with torch.inference_mode():
+                    te = enc(**tensors)
+                te.indices = list(rows)
+                return te
+
+            if self.cache is not None and use_cache:
+                from ..cache import cached_embed
+
+                prepared = {r: job.prepared[i] for r, (job, i) in enumerate(batch)}
+                te = cached_embed(self.cache, enc, prepared, forward)  # rows in batch order
+            else:
+                te = forward(list(range(len(batch))))
             with torch.inference_mode():
-                te = enc(**tensors)
                 pooled = te.pooled().float().cpu()  # (batch, dim)
                 tokens = [te[r].float().cpu() if job.want_tokens else None for r, (job, _) in enumerate(batch)]
             return pooled, tokens

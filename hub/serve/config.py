@@ -35,6 +35,8 @@ class ServeConfig(BaseModel):
     max_wait_ms: float = Field(5.0, ge=0, description="how long a batch waits for more items once it has one")
     max_queue_items: int = Field(4096, ge=1, description="items waiting per encoder; above it requests get 429")
     batching: bool = Field(True, description="False: every batch holds one request's items (for comparison)")
+    cache: str | None = Field(None, description="embedding cache file (hub.cache): items already embedded are not run "
+                                                "again; None: off")
     prepare_threads: int = Field(1, ge=1, description="threads per encoder that decode and preprocess items")
 
     # -- health, shutdown, auth ------------------------------------------------------------
