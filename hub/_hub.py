@@ -115,9 +115,11 @@ class Hub:
 
     @staticmethod
     def _is_aligned(name: Any) -> bool:
+        if isinstance(name, str) and "/" not in name and os.sep not in name:
+            return False  # a registered name: no directory lookup, no import of hub.train on this path
         from .train import is_aligned_dir
 
-        return not (isinstance(name, str) and "/" not in name and os.sep not in name) and is_aligned_dir(name)
+        return is_aligned_dir(name)
 
     def _aligned(self, directory: Any, modality: str | None, options: dict[str, Any]) -> Encoder:
         """An aligned directory as an encoder (cached per directory)."""

@@ -8,8 +8,6 @@ disconnects mid-stream frees the model; plug → chat → unplug at run time.
 
 from __future__ import annotations
 
-import base64
-import io
 import json
 import re
 import socket
@@ -28,6 +26,7 @@ httpx = pytest.importorskip("httpx")
 pytest.importorskip("hub_transformers")
 
 from hub.serve import BackgroundServer, ServeConfig, create_app  # noqa: E402
+from media import b64, png, wav  # noqa: E402  (tests/media.py)
 from hub.serve.chat import ChatService  # noqa: E402
 from hub.serve.chat_messages import plain_prompt  # noqa: E402
 from hub.serve.chat_schemas import ChatConfig  # noqa: E402
@@ -38,25 +37,6 @@ SAMPLING = {"temperature": 0.8, "top_p": 0.9}
 
 
 # -- helpers ---------------------------------------------------------------------------------------
-def b64(data: bytes) -> str:
-    return base64.b64encode(data).decode()
-
-
-def png(img) -> bytes:
-    buf = io.BytesIO()
-    img.save(buf, format="PNG")
-    return buf.getvalue()
-
-
-def wav(seconds: float, freq: float, rate: int = 16000) -> bytes:
-    import soundfile as sf
-
-    t = np.arange(int(seconds * rate)) / rate
-    buf = io.BytesIO()
-    sf.write(buf, (0.3 * np.sin(2 * np.pi * freq * t)).astype(np.float32), rate, format="WAV", subtype="PCM_16")
-    return buf.getvalue()
-
-
 # -- fixtures -------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def bundle(tmp_path_factory, hub) -> Path:

@@ -8,7 +8,6 @@ bad-item isolation, a hanging encoder and the SIGTERM drain are checked on small
 from __future__ import annotations
 
 import base64
-import io
 import json
 import os
 import signal
@@ -30,6 +29,7 @@ pytest.importorskip("uvicorn")
 httpx = pytest.importorskip("httpx")
 
 from hub.serve import BackgroundServer, ServeConfig, create_app  # noqa: E402
+from media import b64, png, wav  # noqa: E402  (tests/media.py)
 
 ENCODERS = ("minilm-l6", "tiny-clip", "tiny-whisper", "gin", "tiny-point-bert")
 TOL = 1e-5
@@ -94,25 +94,6 @@ def vectors(response) -> np.ndarray:
 
 def reference(hub, items, encoder) -> np.ndarray:
     return hub.embed(items, encoder=encoder).pooled(normalize=True).numpy()
-
-
-def b64(data: bytes) -> str:
-    return base64.b64encode(data).decode()
-
-
-def png(img) -> bytes:
-    buf = io.BytesIO()
-    img.save(buf, format="PNG")
-    return buf.getvalue()
-
-
-def wav(seconds: float, freq: float, rate: int = 16000) -> bytes:
-    import soundfile as sf
-
-    t = np.arange(int(seconds * rate)) / rate
-    buf = io.BytesIO()
-    sf.write(buf, (0.3 * np.sin(2 * np.pi * freq * t)).astype(np.float32), rate, format="WAV", subtype="PCM_16")
-    return buf.getvalue()
 
 
 def bomb_png(width: int = 100_000, height: int = 100_000) -> bytes:
