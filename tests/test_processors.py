@@ -263,3 +263,29 @@ def test_the_cli_is_quiet_unless_verbose():
                           text=True, env=env, timeout=300)
     assert quiet.returncode == 0 and loud.returncode == 0, quiet.stderr + loud.stderr
     assert "Loading weights" not in quiet.stderr and "Loading weights" in loud.stderr
+
+
+@pytest.mark.parametrize("name", ["tiny-whisper", "tiny-clap"])
+def test_an_audio_export_runs_without_the_torch_encoder(tmp_path, name):
+    import hub_audio
+
+    h = Hub()
+    items = hub_audio.examples(4, 0)  # varied rates and lengths, one longer than the tiny window
+    reference = h.embed(items, encoder=name)
+    ho.export("audio", tmp_path / "x", encoder=name, registry=h.registry)
+    manifest = json.loads((tmp_path / "x" / "manifest.json").read_text())
+    assert manifest["preprocess"]["processor_dir"] == "processor"  # feature extractor + config, no weights
+    saved = sorted(p.name for p in (tmp_path / "x" / "processor").iterdir())
+    assert saved == ["config.json", "preprocessor_config.json"]
+    original = _break_factory(h.registry, name)
+    reload_as = manifest["preprocess"]["processor"]
+    broken = _break_factory(h.registry, reload_as)  # the family preset that rebuilds the processor: no torch either
+    try:
+        served = ho.OnnxEncoder(tmp_path / "x", registry=h.registry)
+        te = served.encode(items)
+    finally:
+        h.registry._tables["encoder"][name] = original
+        h.registry._tables["encoder"][reload_as] = broken
+    assert not isinstance(served._encoder, torch.nn.Module)
+    assert torch.equal(te.mask, reference.mask)
+    assert (te.tokens - reference.tokens)[te.mask].abs().max() < 1e-4

@@ -12,6 +12,12 @@ Encoders: ``whisper-base`` (default, 50 tokens/s; ``pool_stride=2`` → 25/s),
 10 s window), and the untrained offline presets ``tiny-whisper``,
 ``tiny-wav2vec2``, ``tiny-hubert`` and ``tiny-clap``.  Audio longer than an
 encoder's window is encoded window by window and the tokens concatenated.
+
+Each encoder has a weights-free processor (``WhisperAudioProcessor``,
+``SSLAudioProcessor``, ``ClapAudioProcessor``: the feature extractor and the model
+config), registered beside it, so a served ONNX export never builds the torch model;
+``save_pretrained(dir)`` writes safetensors + configs that the full-size preset of the
+family reloads with ``weights=dir`` (``Encoder.reload_as``).
 """
 
 from __future__ import annotations
@@ -23,10 +29,14 @@ from hub import EncoderSpec, Modality, hookimpl
 from ._encoders import (
     ACCEPTS,
     AudioEncoder,
+    AudioProcessor,
     ClapAudioEncoder,
+    ClapAudioProcessor,
     PreparedAudio,
     SSLAudioEncoder,
+    SSLAudioProcessor,
     WhisperAudioEncoder,
+    WhisperAudioProcessor,
 )
 from ._io import AUDIO_EXTENSIONS, audio_format, is_audio, load_waveform
 from ._presets import PRESETS, tiny_clap, tiny_hubert, tiny_wav2vec2, tiny_whisper
@@ -34,7 +44,11 @@ from ._presets import PRESETS, tiny_clap, tiny_hubert, tiny_wav2vec2, tiny_whisp
 __all__ = [
     "AUDIO_EXTENSIONS",
     "AudioEncoder",
+    "AudioProcessor",
     "ClapAudioEncoder",
+    "ClapAudioProcessor",
+    "SSLAudioProcessor",
+    "WhisperAudioProcessor",
     "PRESETS",
     "PreparedAudio",
     "SSLAudioEncoder",
@@ -99,7 +113,7 @@ def register_encoders(register):
     for name, p in PRESETS.items():
         register(
             EncoderSpec(
-                name=name, modality="audio", factory=p.factory, options=p.options, weights=p.weights,
+                name=name, modality="audio", factory=p.factory, options=p.options, weights=p.weights, processor=p.processor,
                 license=p.license, pretrained=p.pretrained, description=p.description,
             )
         )

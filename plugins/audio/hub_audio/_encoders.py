@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
@@ -37,12 +38,17 @@ from torch import nn
 
 from hub import Encoder, TokenEmbeddings
 from hub.errors import InvalidInputError, InvalidOptionsError, WeightsNotFoundError
+from hub.processor import Processor
 from hub.weights import from_pretrained
 
 from ._io import load_waveform
 
 __all__ = [
     "AudioEncoder",
+    "AudioProcessor",
+    "WhisperAudioProcessor",
+    "SSLAudioProcessor",
+    "ClapAudioProcessor",
     "WhisperAudioEncoder",
     "SSLAudioEncoder",
     "ClapAudioEncoder",
@@ -88,8 +94,34 @@ class PreparedAudio:
     seconds: float
 
 
+def _is_local(weights: str | None) -> bool:
+    return bool(weights) and Path(str(weights)).expanduser().is_dir()
+
+
+def _architecture(weights: str | None) -> str | None:
+    """``architectures[0]`` of a local ``config.json`` (what ``save_pretrained`` wrote), else ``None``."""
+    if not _is_local(weights):
+        return None
+    from hub._manifest import CONFIG_MAX_BYTES, read_json
+
+    config = Path(str(weights)).expanduser() / "config.json"
+    if not config.is_file():
+        return None
+    cfg = read_json(config, "audio encoder config.json", CONFIG_MAX_BYTES)
+    arch = cfg.get("architectures") if isinstance(cfg, dict) else None
+    return str(arch[0]) if isinstance(arch, list) and arch else None
+
+
 def _load(cls: Any, weights: str, allow_download: bool | None, what: str, optional: tuple[str, ...] = ()) -> Any:
-    """``from_pretrained`` that refuses checkpoints missing model tensors (no silent random init)."""
+    """``from_pretrained`` that refuses checkpoints missing model tensors (no silent random init).
+
+    A local directory is checked first with :func:`hub._manifest.check_pretrained_dir`: no pickle-format
+    file, size caps, safetensors headers that parse, a config no larger than its tensors."""
+    if _is_local(weights):
+        from hub._manifest import check_pretrained_dir
+
+        path = Path(str(weights)).expanduser()
+        check_pretrained_dir(path, path, f"{what} weights {str(weights)!r}")
     try:
         model, info = from_pretrained(cls, weights, allow_download=allow_download, what=what, output_loading_info=True)
     except WeightsNotFoundError:
@@ -108,14 +140,34 @@ def _load(cls: Any, weights: str, allow_download: bool | None, what: str, option
     return model.eval()
 
 
-def _conv_out(length: int, conv: nn.Conv1d) -> int:
+def _config(cls: Any, weights: str, allow_download: bool | None, what: str) -> Any:
+    """A model config alone (no tensors), as ``from_pretrained`` reads it."""
+    try:
+        return from_pretrained(cls, weights, allow_download=allow_download, what=what, safetensors=False)
+    except WeightsNotFoundError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a config of another family fails validation
+        raise WeightsNotFoundError(f"{what} {weights!r} could not be read as {cls.__name__}: {type(exc).__name__}: "
+                                   f"{str(exc).splitlines()[0] if str(exc) else ''}") from exc
+
+
+def _conv_len(length: int, kernel: int, stride: int, padding: int = 0, dilation: int = 1) -> int:
     """Output length of a Conv1d (the formula in torch's Conv1d docs)."""
-    (k,), (s,), (p,), (d,) = conv.kernel_size, conv.stride, conv.padding, conv.dilation
-    return (length + 2 * p - d * (k - 1) - 1) // s + 1
+    return (length + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
 
 
-class AudioEncoder(Encoder):
-    """Base of the audio encoders: decode → mono → resample → windows → tokens."""
+def _save_pretrained(module: Any, processor: "AudioProcessor", directory: str | Path) -> Path:
+    """``module.save_pretrained`` (config + model.safetensors, never pickles) and the feature extractor."""
+    path = Path(directory)
+    path.mkdir(parents=True, exist_ok=True)
+    module.save_pretrained(str(path), safe_serialization=True)
+    processor.feature_extractor.save_pretrained(str(path))
+    return path
+
+
+class AudioProcessor(Processor):
+    """Decode → mono → resample → windows → per-window model inputs; the weights-free half of an
+    :class:`AudioEncoder`.  Holds the transformers feature extractor and the model config (numbers only)."""
 
     modality = "audio"
     accepts = ACCEPTS
@@ -123,16 +175,24 @@ class AudioEncoder(Encoder):
     window_samples: int = 480000
     min_samples: int = 1
 
+    def __init__(self, feature_extractor: Any, config: Any) -> None:
+        self.feature_extractor = feature_extractor
+        self.config = config
+
     # -- per family ----------------------------------------------------------------
-    def _prepare_windows(self, windows: list[np.ndarray]) -> tuple[list[np.ndarray], list[int]]:
+    def _prepare_windows(self, windows: list[np.ndarray]) -> tuple[list[Any], list[int]]:
         """Model inputs and real token counts for the windows of one item."""
         raise NotImplementedError
 
-    def _collate_windows(self, windows: list[np.ndarray]) -> tuple[dict[str, torch.Tensor], int]:
+    def _collate_windows(self, windows: list[Any]) -> tuple[dict[str, torch.Tensor], int]:
         """Model inputs for all windows of a batch and the frames per window of the output."""
         raise NotImplementedError
 
-    # -- Encoder API ----------------------------------------------------------------
+    def reload_options(self) -> dict[str, Any]:
+        """Options besides ``weights=`` that rebuild this processor (and its encoder) from a saved directory."""
+        return {}
+
+    # -- Processor API --------------------------------------------------------------
     def prepare(self, item: Any, index: int = 0) -> PreparedAudio:
         wave = load_waveform(item, self.sampling_rate, lambda problem: self.invalid(index, item, problem))
         samples = wave.samples
@@ -173,6 +233,43 @@ class AudioEncoder(Encoder):
                 row += 1
         return {**tensors, "gather": gather, "token_mask": token_mask}
 
+    def save(self, directory: str | Path) -> dict[str, Any]:
+        """The feature extractor's ``preprocessor_config.json`` and the model's ``config.json`` (no weights)."""
+        path = Path(directory)
+        path.mkdir(parents=True, exist_ok=True)
+        self.feature_extractor.save_pretrained(str(path))
+        self.config.save_pretrained(str(path))
+        return self.reload_options()
+
+
+class AudioEncoder(Encoder):
+    """Base of the audio encoders: the :class:`AudioProcessor` (``item_processor``) prepares and collates;
+    ``forward`` runs the model and gathers each item's tokens."""
+
+    modality = "audio"
+    accepts = ACCEPTS
+    item_processor: AudioProcessor
+
+    @property
+    def processor(self) -> Any:
+        """The transformers feature extractor."""
+        return self.item_processor.feature_extractor
+
+    @property
+    def sampling_rate(self) -> int:
+        return self.item_processor.sampling_rate
+
+    @property
+    def window_samples(self) -> int:
+        return self.item_processor.window_samples
+
+    @property
+    def min_samples(self) -> int:
+        return self.item_processor.min_samples
+
+    def reload_options(self) -> dict[str, Any]:
+        return self.item_processor.reload_options()
+
     def _assemble(self, hidden: torch.Tensor, gather: torch.Tensor, token_mask: torch.Tensor) -> TokenEmbeddings:
         """Windows' hidden states (windows, frames, dim) → each item's tokens (batch, tokens, dim)."""
         flat = hidden.reshape(-1, hidden.shape[-1])  # (windows * frames, dim)
@@ -181,13 +278,77 @@ class AudioEncoder(Encoder):
 
 
 # -- Whisper --------------------------------------------------------------------------
+#: WhisperEncoder's conv stem: conv1 (kernel 3, stride 1, padding 1), conv2 (kernel 3, stride 2, padding 1)
+_WHISPER_CONVS = ((3, 1, 1), (3, 2, 1))
+
+
+def _whisper_frames(mel_frames: int) -> int:
+    for k, s, p in _WHISPER_CONVS:
+        mel_frames = _conv_len(mel_frames, k, s, p)
+    return mel_frames
+
+
+class WhisperAudioProcessor(AudioProcessor):
+    """Whisper's log-mel (``WhisperFeatureExtractor``) per window; 50 tokens/s (``ceil(frames / pool_stride)``)."""
+
+    reload_as = "whisper-base"
+
+    def __init__(self, feature_extractor: Any, config: Any, pool_stride: int = 1) -> None:
+        super().__init__(feature_extractor, config)
+        self.pool_stride = int(pool_stride)
+        self.sampling_rate = int(feature_extractor.sampling_rate)
+        self.window_samples = int(feature_extractor.n_samples)
+        self.frames = _whisper_frames(int(feature_extractor.nb_max_frames))
+        if self.frames != config.max_source_positions:
+            raise InvalidOptionsError(
+                f"Whisper feature extractor windows of {feature_extractor.chunk_length} s give {self.frames} frames, "
+                f"but the encoder has {config.max_source_positions} positions; use a matching chunk_length"
+            )
+
+    @classmethod
+    def from_options(cls, weights: str | None = None, pool_stride: int = 1, allow_download: bool | None = None,
+                     **_: Any) -> "WhisperAudioProcessor":
+        """The feature extractor and config of ``weights`` (hub id or directory); no model weights load."""
+        from transformers import WhisperConfig, WhisperFeatureExtractor
+
+        if not weights:
+            raise InvalidOptionsError("the Whisper encoder needs weights=HUB_ID_OR_DIRECTORY")
+        fe = from_pretrained(WhisperFeatureExtractor, weights, allow_download=allow_download,
+                             what="Whisper feature extractor", safetensors=False)
+        return cls(fe, _config(WhisperConfig, weights, allow_download, "Whisper config"), pool_stride)
+
+    def reload_options(self) -> dict[str, Any]:
+        return {"pool_stride": self.pool_stride}
+
+    def _prepare_windows(self, windows: list[np.ndarray]) -> tuple[list[Any], list[int]]:
+        out = self.feature_extractor(
+            windows, sampling_rate=self.sampling_rate, return_attention_mask=True, return_tensors="np"
+        )
+        feats = out["input_features"].astype(np.float32)  # (windows, mels, frames)
+        mel_frames = [int(f) for f in out["attention_mask"].sum(axis=1)]  # real mel frames per window
+        frames = [_whisper_frames(f) for f in mel_frames]
+        return list(zip(feats, frames)), [math.ceil(f / self.pool_stride) for f in frames]
+
+    def _collate_windows(self, windows: list[tuple[np.ndarray, int]]) -> tuple[dict[str, torch.Tensor], int]:
+        feats = torch.from_numpy(np.stack([f for f, _ in windows]))  # (windows, mels, frames)
+        real = torch.tensor([n for _, n in windows])
+        tensors = {"input_features": feats}
+        if self.pool_stride > 1:  # only the masked pool reads it (an unused input would drop out of an ONNX graph)
+            tensors["frame_mask"] = torch.arange(self.frames)[None, :] < real[:, None]  # (windows, frames)
+        return tensors, math.ceil(self.frames / self.pool_stride)
+
+
 class WhisperAudioEncoder(AudioEncoder):
     """Whisper's encoder: log-mel (``WhisperFeatureExtractor``) → conv stem → transformer.
 
     50 tokens per second of audio (25 with ``pool_stride=2``); windows of the
     feature extractor's ``chunk_length`` (30 s).  Whisper always sees a full
-    padded window; the tokens of the padding are dropped.
+    padded window; the tokens of the padding are dropped.  ``save_pretrained(dir)``
+    writes the encoder alone (``WhisperEncoder``, safetensors) and the feature extractor;
+    ``whisper-base`` with ``weights=dir`` reloads it.
     """
+
+    reload_as = "whisper-base"
 
     def __init__(
         self,
@@ -200,6 +361,7 @@ class WhisperAudioEncoder(AudioEncoder):
     ) -> None:
         super().__init__()
         from transformers import WhisperFeatureExtractor, WhisperModel
+        from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
         if model is None:
             if not weights:
@@ -207,38 +369,29 @@ class WhisperAudioEncoder(AudioEncoder):
             feature_extractor = from_pretrained(
                 WhisperFeatureExtractor, weights, allow_download=allow_download, what="Whisper feature extractor", safetensors=False
             )
-            model = _load(WhisperModel, weights, allow_download, "Whisper").get_encoder()
+            if _architecture(weights) == "WhisperEncoder":  # written by save_pretrained below: the encoder alone
+                model = _load(WhisperEncoder, weights, allow_download, "Whisper")
+            else:
+                model = _load(WhisperModel, weights, allow_download, "Whisper").get_encoder()
         self.weights = weights
         self.encoder = model.eval()  # WhisperEncoder
-        self.processor = feature_extractor
-        self.pool_stride = int(pool_stride)
-        self.sampling_rate = int(feature_extractor.sampling_rate)
-        self.window_samples = int(feature_extractor.n_samples)
+        self.item_processor = WhisperAudioProcessor(feature_extractor, model.config, pool_stride)
         self.dim = int(model.config.d_model)
-        frames_in = int(feature_extractor.nb_max_frames)
-        self.frames = _conv_out(_conv_out(frames_in, model.conv1), model.conv2)
-        if self.frames != model.config.max_source_positions:
-            raise InvalidOptionsError(
-                f"Whisper feature extractor windows of {feature_extractor.chunk_length} s give {self.frames} frames, "
-                f"but the encoder has {model.config.max_source_positions} positions; use a matching chunk_length"
-            )
+        geometry = tuple((c.kernel_size[0], c.stride[0], c.padding[0]) for c in (model.conv1, model.conv2))
+        if geometry != _WHISPER_CONVS:
+            raise InvalidOptionsError(f"this Whisper encoder's conv stem {geometry} is not Whisper's {_WHISPER_CONVS}")
 
-    def _prepare_windows(self, windows: list[np.ndarray]) -> tuple[list[np.ndarray], list[int]]:
-        out = self.processor(
-            windows, sampling_rate=self.sampling_rate, return_attention_mask=True, return_tensors="np"
-        )
-        feats = out["input_features"].astype(np.float32)  # (windows, mels, frames)
-        mel_frames = [int(f) for f in out["attention_mask"].sum(axis=1)]  # real mel frames per window
-        frames = [_conv_out(_conv_out(f, self.encoder.conv1), self.encoder.conv2) for f in mel_frames]
-        return list(zip(feats, frames)), [math.ceil(f / self.pool_stride) for f in frames]
+    @property
+    def pool_stride(self) -> int:
+        return self.item_processor.pool_stride
 
-    def _collate_windows(self, windows: list[tuple[np.ndarray, int]]) -> tuple[dict[str, torch.Tensor], int]:
-        feats = torch.from_numpy(np.stack([f for f, _ in windows]))  # (windows, mels, frames)
-        real = torch.tensor([n for _, n in windows])
-        tensors = {"input_features": feats}
-        if self.pool_stride > 1:  # only the masked pool reads it (an unused input would drop out of an ONNX graph)
-            tensors["frame_mask"] = torch.arange(self.frames)[None, :] < real[:, None]  # (windows, frames)
-        return tensors, math.ceil(self.frames / self.pool_stride)
+    @property
+    def frames(self) -> int:
+        return self.item_processor.frames
+
+    def save_pretrained(self, directory: str | Path) -> Path:
+        """The encoder (``config.json`` + ``model.safetensors``) and ``preprocessor_config.json``."""
+        return _save_pretrained(self.encoder, self.item_processor, directory)
 
     def forward(
         self,
@@ -309,6 +462,77 @@ class _MaskedGroupNormConv(nn.Module):
         return y
 
 
+def _ssl_out_len(config: Any, samples: int) -> int:
+    """Output frames of the conv feature encoder for ``samples`` (transformers'
+    ``_get_feat_extract_output_lengths``, from the config alone)."""
+    n = int(samples)
+    for k, s in zip(config.conv_kernel, config.conv_stride):
+        n = _conv_len(n, int(k), int(s))
+    if getattr(config, "add_adapter", False):
+        for _ in range(int(config.num_adapter_layers)):
+            n = _conv_len(n, 1, int(config.adapter_stride))
+    return n
+
+
+class SSLAudioProcessor(AudioProcessor):
+    """wav2vec2 / HuBERT input values (``Wav2Vec2FeatureExtractor``) per window; tokens follow the conv stack."""
+
+    reload_as = "wav2vec2-base"
+
+    def __init__(self, feature_extractor: Any, config: Any, window_seconds: float = 30.0) -> None:
+        super().__init__(feature_extractor, config)
+        if not hasattr(config, "conv_kernel") or not hasattr(config, "conv_stride"):
+            raise InvalidOptionsError(
+                f"{type(config).__name__} is not a wav2vec2-style model (needs a conv feature encoder); "
+                "use a wav2vec2, HuBERT or WavLM checkpoint"
+            )
+        if getattr(config, "model_type", "") == "hubert":
+            self.reload_as = "hubert-base"
+        self.window_seconds = float(window_seconds)
+        self.sampling_rate = int(feature_extractor.sampling_rate)
+        # the receptive field of one output frame = the shortest audio that yields a token
+        field = 1
+        for k, s in reversed(list(zip(config.conv_kernel, config.conv_stride))):
+            field = (field - 1) * s + k
+        self.min_samples = int(field)
+        self.window_samples = int(round(window_seconds * self.sampling_rate))
+        if self.window_samples < self.min_samples:
+            raise InvalidOptionsError(f"window_seconds={window_seconds} is shorter than one token ({field} samples)")
+
+    @classmethod
+    def from_options(cls, weights: str | None = None, window_seconds: float = 30.0, allow_download: bool | None = None,
+                     **_: Any) -> "SSLAudioProcessor":
+        """The feature extractor and config of ``weights`` (hub id or directory); no model weights load."""
+        from transformers import AutoConfig, AutoFeatureExtractor
+
+        if not weights:
+            raise InvalidOptionsError("this encoder needs weights=HUB_ID_OR_DIRECTORY")
+        fe = from_pretrained(AutoFeatureExtractor, weights, allow_download=allow_download,
+                             what="audio feature extractor", safetensors=False)
+        return cls(fe, _config(AutoConfig, weights, allow_download, "wav2vec2/HuBERT config"), window_seconds)
+
+    def reload_options(self) -> dict[str, Any]:
+        return {"window_seconds": self.window_seconds}
+
+    def _out_len(self, samples: int) -> int:
+        return _ssl_out_len(self.config, samples)
+
+    def _prepare_windows(self, windows: list[np.ndarray]) -> tuple[list[Any], list[int]]:
+        values = [
+            np.asarray(self.feature_extractor(w, sampling_rate=self.sampling_rate, return_tensors="np")["input_values"][0],
+                       dtype=np.float32)
+            for w in windows
+        ]
+        return values, [self._out_len(len(w)) for w in windows]
+
+    def _collate_windows(self, windows: list[np.ndarray]) -> tuple[dict[str, torch.Tensor], int]:
+        batch = self.feature_extractor.pad(
+            [{"input_values": w} for w in windows], padding=True, return_attention_mask=True, return_tensors="pt"
+        )
+        values = batch["input_values"].float()  # (windows, samples)
+        return {"input_values": values, "attention_mask": batch["attention_mask"].long()}, self._out_len(values.shape[1])
+
+
 class SSLAudioEncoder(AudioEncoder):
     """wav2vec2 / HuBERT (any ``AutoModel`` with a conv feature encoder): one token per 20 ms.
 
@@ -316,7 +540,8 @@ class SSLAudioEncoder(AudioEncoder):
     49 per second at 16 kHz for the base models.  Padding is masked in the
     transformer (``attention_mask``) and, for ``feat_extract_norm="group"``
     checkpoints, in the first conv layer's GroupNorm too, so batching never
-    changes an item's tokens.
+    changes an item's tokens.  ``save_pretrained(dir)`` writes the model (safetensors)
+    and the feature extractor; ``wav2vec2-base`` / ``hubert-base`` with ``weights=dir`` reload it.
     """
 
     def __init__(
@@ -345,40 +570,22 @@ class SSLAudioEncoder(AudioEncoder):
             )
         self.weights = weights
         self.model = model.eval()
-        self.processor = feature_extractor
-        cfg = model.config
-        self.dim = int(cfg.hidden_size)
-        self.sampling_rate = int(feature_extractor.sampling_rate)
-        # the receptive field of one output frame = the shortest audio that yields a token
-        field = 1
-        for k, s in reversed(list(zip(cfg.conv_kernel, cfg.conv_stride))):
-            field = (field - 1) * s + k
-        self.min_samples = int(field)
-        self.window_samples = int(round(window_seconds * self.sampling_rate))
-        if self.window_samples < self.min_samples:
-            raise InvalidOptionsError(f"window_seconds={window_seconds} is shorter than one token ({field} samples)")
+        self.item_processor = SSLAudioProcessor(feature_extractor, model.config, window_seconds)
+        self.reload_as = self.item_processor.reload_as
+        self.dim = int(model.config.hidden_size)
         layers = model.feature_extractor.conv_layers
         #: True when the first conv layer normalises over time (GroupNorm): padding must be masked there
         self.masked_norm = isinstance(getattr(layers[0], "layer_norm", None), nn.GroupNorm)
-        if self.masked_norm:
+        if self.masked_norm and not isinstance(layers[0], _MaskedGroupNormConv):
+            cfg = model.config
             layers[0] = _MaskedGroupNormConv(layers[0], int(cfg.conv_kernel[0]), int(cfg.conv_stride[0]))
 
     def _out_len(self, samples: int) -> int:
-        return int(self.model._get_feat_extract_output_lengths(torch.tensor(samples)))
+        return self.item_processor._out_len(samples)
 
-    def _prepare_windows(self, windows: list[np.ndarray]) -> tuple[list[np.ndarray], list[int]]:
-        values = [
-            np.asarray(self.processor(w, sampling_rate=self.sampling_rate, return_tensors="np")["input_values"][0], dtype=np.float32)
-            for w in windows
-        ]
-        return values, [self._out_len(len(w)) for w in windows]
-
-    def _collate_windows(self, windows: list[np.ndarray]) -> tuple[dict[str, torch.Tensor], int]:
-        batch = self.processor.pad(
-            [{"input_values": w} for w in windows], padding=True, return_attention_mask=True, return_tensors="pt"
-        )
-        values = batch["input_values"].float()  # (windows, samples)
-        return {"input_values": values, "attention_mask": batch["attention_mask"].long()}, self._out_len(values.shape[1])
+    def save_pretrained(self, directory: str | Path) -> Path:
+        """The model (``config.json`` + ``model.safetensors``) and ``preprocessor_config.json``."""
+        return _save_pretrained(self.model, self.item_processor, directory)
 
     def forward(
         self,
@@ -395,6 +602,46 @@ class SSLAudioEncoder(AudioEncoder):
 
 
 # -- CLAP --------------------------------------------------------------------------------
+class ClapAudioProcessor(AudioProcessor):
+    """CLAP's mel (``ClapFeatureExtractor``, ``repeatpad``) per window; a fixed token grid per window."""
+
+    reload_as = "clap-htsat"
+
+    def __init__(self, feature_extractor: Any, config: Any) -> None:
+        super().__init__(feature_extractor, config)
+        self.sampling_rate = int(feature_extractor.sampling_rate)
+        self.window_samples = int(feature_extractor.nb_max_samples)
+        side = config.spec_size // 2 ** (len(config.depths) - 1)
+        stride = config.patch_stride if isinstance(config.patch_stride, (list, tuple)) else (config.patch_stride,) * 2
+        self.frames = int((side // stride[0]) * (side // stride[1]))
+        mel_frames = self.window_samples // feature_extractor.hop_length + 1
+        most = config.spec_size * (config.spec_size // config.num_mel_bins)  # spec_size * freq_ratio
+        if mel_frames > most:
+            raise InvalidOptionsError(
+                f"CLAP windows of {feature_extractor.max_length_s} s give {mel_frames} mel frames; "
+                f"the audio tower takes at most {most}"
+            )
+
+    @classmethod
+    def from_options(cls, weights: str | None = None, allow_download: bool | None = None, **_: Any) -> "ClapAudioProcessor":
+        """The feature extractor and audio config of ``weights`` (hub id or directory); no model weights load."""
+        from transformers import ClapAudioConfig, ClapFeatureExtractor
+
+        if not weights:
+            raise InvalidOptionsError("the CLAP encoder needs weights=HUB_ID_OR_DIRECTORY")
+        fe = from_pretrained(ClapFeatureExtractor, weights, allow_download=allow_download,
+                             what="CLAP feature extractor", safetensors=False)
+        return cls(fe, _config(ClapAudioConfig, weights, allow_download, "CLAP audio config"))
+
+    def _prepare_windows(self, windows: list[np.ndarray]) -> tuple[list[Any], list[int]]:
+        out = self.feature_extractor(windows, sampling_rate=self.sampling_rate, truncation="rand_trunc", return_tensors="np")
+        feats = np.asarray(out["input_features"], dtype=np.float32)  # (windows, channels, frames, mels)
+        return list(feats), [self.frames] * len(windows)
+
+    def _collate_windows(self, windows: list[np.ndarray]) -> tuple[dict[str, torch.Tensor], int]:
+        return {"input_features": torch.from_numpy(np.stack(windows))}, self.frames
+
+
 class ClapAudioEncoder(AudioEncoder):
     """CLAP's audio tower (HTSAT): ``ClapFeatureExtractor`` mel → Swin → a fixed token grid per window.
 
@@ -404,7 +651,11 @@ class ClapAudioEncoder(AudioEncoder):
     tower's own average pool.  Short clips are tiled to the window
     (``repeatpad``), so every token is real.  ``is_longer`` is always false:
     a window never exceeds ``max_length_s``, so no random crop or fusion occurs.
+    ``save_pretrained(dir)`` writes the tower alone (``ClapAudioModel``, safetensors) and the
+    feature extractor; ``clap-htsat`` with ``weights=dir`` reloads it.
     """
+
+    reload_as = "clap-htsat"
 
     def __init__(
         self,
@@ -415,7 +666,7 @@ class ClapAudioEncoder(AudioEncoder):
         feature_extractor: Any = None,
     ) -> None:
         super().__init__()
-        from transformers import ClapAudioModelWithProjection, ClapFeatureExtractor
+        from transformers import ClapAudioModel, ClapAudioModelWithProjection, ClapFeatureExtractor
 
         if model is None:
             if not weights:
@@ -423,32 +674,22 @@ class ClapAudioEncoder(AudioEncoder):
             feature_extractor = from_pretrained(
                 ClapFeatureExtractor, weights, allow_download=allow_download, what="CLAP feature extractor", safetensors=False
             )
-            model = _load(ClapAudioModelWithProjection, weights, allow_download, "CLAP audio")
+            if _architecture(weights) == "ClapAudioModel":  # written by save_pretrained below: the tower alone
+                model = _load(ClapAudioModel, weights, allow_download, "CLAP audio")
+            else:
+                model = _load(ClapAudioModelWithProjection, weights, allow_download, "CLAP audio")
         self.weights = weights
         self.audio = (model.audio_model if hasattr(model, "audio_model") else model).eval()  # ClapAudioModel
-        self.processor = feature_extractor
-        enc = self.audio.audio_encoder
-        cfg = self.audio.config
-        self.dim = int(enc.norm.normalized_shape[0])
-        self.sampling_rate = int(feature_extractor.sampling_rate)
-        self.window_samples = int(feature_extractor.nb_max_samples)
-        side = cfg.spec_size // 2 ** (len(cfg.depths) - 1)
-        stride = cfg.patch_stride if isinstance(cfg.patch_stride, (list, tuple)) else (cfg.patch_stride,) * 2
-        self.frames = int((side // stride[0]) * (side // stride[1]))
-        mel_frames = self.window_samples // feature_extractor.hop_length + 1
-        if mel_frames > enc.spec_size * enc.freq_ratio:
-            raise InvalidOptionsError(
-                f"CLAP windows of {feature_extractor.max_length_s} s give {mel_frames} mel frames; "
-                f"the audio tower takes at most {enc.spec_size * enc.freq_ratio}"
-            )
+        self.item_processor = ClapAudioProcessor(feature_extractor, self.audio.config)
+        self.dim = int(self.audio.audio_encoder.norm.normalized_shape[0])
 
-    def _prepare_windows(self, windows: list[np.ndarray]) -> tuple[list[np.ndarray], list[int]]:
-        out = self.processor(windows, sampling_rate=self.sampling_rate, truncation="rand_trunc", return_tensors="np")
-        feats = np.asarray(out["input_features"], dtype=np.float32)  # (windows, channels, frames, mels)
-        return list(feats), [self.frames] * len(windows)
+    @property
+    def frames(self) -> int:
+        return self.item_processor.frames
 
-    def _collate_windows(self, windows: list[np.ndarray]) -> tuple[dict[str, torch.Tensor], int]:
-        return {"input_features": torch.from_numpy(np.stack(windows))}, self.frames
+    def save_pretrained(self, directory: str | Path) -> Path:
+        """The audio tower (``config.json`` + ``model.safetensors``) and ``preprocessor_config.json``."""
+        return _save_pretrained(self.audio, self.item_processor, directory)
 
     def forward(
         self,

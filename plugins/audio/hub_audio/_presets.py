@@ -11,14 +11,20 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ._encoders import (
     ClapAudioEncoder,
+    ClapAudioProcessor,
     ClapOptions,
     SSLAudioEncoder,
+    SSLAudioProcessor,
     SSLOptions,
     WhisperAudioEncoder,
+    WhisperAudioProcessor,
     WhisperOptions,
 )
 
-__all__ = ["Preset", "PRESETS", "tiny_whisper", "tiny_wav2vec2", "tiny_hubert", "tiny_clap"]
+__all__ = [
+    "Preset", "PRESETS", "tiny_whisper", "tiny_wav2vec2", "tiny_hubert", "tiny_clap",
+    "tiny_whisper_processor", "tiny_wav2vec2_processor", "tiny_hubert_processor", "tiny_clap_processor",
+]
 
 
 def _seeded(seed: int, build: Callable[[], Any]) -> Any:
@@ -43,10 +49,8 @@ class TinySSLOptions(TinyOptions):
     window_seconds: float = Field(2.0, gt=0, le=600)
 
 
-def tiny_whisper(seed: int = 0, pool_stride: int = 1, chunk_length: int = 2) -> WhisperAudioEncoder:
-    """Untrained 2-layer Whisper encoder, 16 mel bins, 32-d, windows of ``chunk_length`` s (50 tokens/s)."""
+def _tiny_whisper_parts(chunk_length: int) -> tuple[Any, Any]:
     from transformers import WhisperConfig, WhisperFeatureExtractor
-    from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
     fe = WhisperFeatureExtractor(feature_size=16, chunk_length=chunk_length)
     config = WhisperConfig(
@@ -54,22 +58,48 @@ def tiny_whisper(seed: int = 0, pool_stride: int = 1, chunk_length: int = 2) -> 
         decoder_layers=1, decoder_attention_heads=2, decoder_ffn_dim=64,
         max_source_positions=fe.nb_max_frames // 2, max_target_positions=16,
     )
+    return fe, config
+
+
+def tiny_whisper(seed: int = 0, pool_stride: int = 1, chunk_length: int = 2) -> WhisperAudioEncoder:
+    """Untrained 2-layer Whisper encoder, 16 mel bins, 32-d, windows of ``chunk_length`` s (50 tokens/s)."""
+    from transformers.models.whisper.modeling_whisper import WhisperEncoder
+
+    fe, config = _tiny_whisper_parts(chunk_length)
     enc = WhisperAudioEncoder(model=_seeded(seed, lambda: WhisperEncoder(config)), feature_extractor=fe, pool_stride=pool_stride)
     enc.weights = f"random-init(seed={seed})"
     return enc
 
 
-def _tiny_ssl(config_cls: str, model_cls: str, seed: int, window_seconds: float, **config: Any) -> SSLAudioEncoder:
+def tiny_whisper_processor(seed: int = 0, pool_stride: int = 1, chunk_length: int = 2) -> WhisperAudioProcessor:
+    """The processor of :func:`tiny_whisper` (feature extractor and config; no weights)."""
+    return WhisperAudioProcessor(*_tiny_whisper_parts(chunk_length), pool_stride=pool_stride)
+
+
+_SSL_FAMILIES = {  # tiny preset -> (config class, model class, config options)
+    "wav2vec2": ("Wav2Vec2Config", "Wav2Vec2Model", {"feat_extract_norm": "group"}),
+    "hubert": ("HubertConfig", "HubertModel", {"feat_extract_norm": "layer", "do_stable_layer_norm": True, "conv_bias": True}),
+}
+
+
+def _tiny_ssl_parts(family: str) -> tuple[Any, Any]:
     import transformers
     from transformers import Wav2Vec2FeatureExtractor
 
+    config_cls, _, options = _SSL_FAMILIES[family]
     cfg = getattr(transformers, config_cls)(
         hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
-        conv_dim=(16,) * 7, num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=4, vocab_size=32, **config,
+        conv_dim=(16,) * 7, num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=4, vocab_size=32, **options,
     )
     layer_norm = cfg.feat_extract_norm == "layer"
-    fe = Wav2Vec2FeatureExtractor(do_normalize=True, return_attention_mask=layer_norm)
-    model = _seeded(seed, lambda: getattr(transformers, model_cls)(cfg))
+    return Wav2Vec2FeatureExtractor(do_normalize=True, return_attention_mask=layer_norm), cfg
+
+
+def _tiny_ssl(family: str, seed: int, window_seconds: float) -> SSLAudioEncoder:
+    import transformers
+
+    fe, cfg = _tiny_ssl_parts(family)
+    model = _seeded(seed, lambda: getattr(transformers, _SSL_FAMILIES[family][1])(cfg))
     enc = SSLAudioEncoder(model=model, feature_extractor=fe, window_seconds=window_seconds)
     enc.weights = f"random-init(seed={seed})"
     return enc
@@ -77,20 +107,26 @@ def _tiny_ssl(config_cls: str, model_cls: str, seed: int, window_seconds: float,
 
 def tiny_wav2vec2(seed: int = 0, window_seconds: float = 2.0) -> SSLAudioEncoder:
     """Untrained 2-layer wav2vec2 (base conv geometry, GroupNorm conv stem as wav2vec2-base): 49 tokens/s."""
-    return _tiny_ssl("Wav2Vec2Config", "Wav2Vec2Model", seed, window_seconds, feat_extract_norm="group")
+    return _tiny_ssl("wav2vec2", seed, window_seconds)
 
 
 def tiny_hubert(seed: int = 0, window_seconds: float = 2.0) -> SSLAudioEncoder:
     """Untrained 2-layer HuBERT (base conv geometry, LayerNorm conv stem as hubert-large): 49 tokens/s."""
-    return _tiny_ssl(
-        "HubertConfig", "HubertModel", seed, window_seconds,
-        feat_extract_norm="layer", do_stable_layer_norm=True, conv_bias=True,
-    )
+    return _tiny_ssl("hubert", seed, window_seconds)
 
 
-def tiny_clap(seed: int = 0) -> ClapAudioEncoder:
-    """Untrained 2-stage HTSAT audio tower, 16 kHz, 2 s windows, 8 x 8 = 64 tokens of 32-d per window."""
-    from transformers import ClapAudioConfig, ClapAudioModelWithProjection, ClapFeatureExtractor
+def tiny_wav2vec2_processor(seed: int = 0, window_seconds: float = 2.0) -> SSLAudioProcessor:
+    """The processor of :func:`tiny_wav2vec2` (feature extractor and config; no weights)."""
+    return SSLAudioProcessor(*_tiny_ssl_parts("wav2vec2"), window_seconds=window_seconds)
+
+
+def tiny_hubert_processor(seed: int = 0, window_seconds: float = 2.0) -> SSLAudioProcessor:
+    """The processor of :func:`tiny_hubert` (feature extractor and config; no weights)."""
+    return SSLAudioProcessor(*_tiny_ssl_parts("hubert"), window_seconds=window_seconds)
+
+
+def _tiny_clap_parts() -> tuple[Any, Any]:
+    from transformers import ClapAudioConfig, ClapFeatureExtractor
 
     fe = ClapFeatureExtractor(
         feature_size=16, sampling_rate=16000, hop_length=160, max_length_s=2, fft_window_size=400,
@@ -100,9 +136,22 @@ def tiny_clap(seed: int = 0) -> ClapAudioEncoder:
         spec_size=64, num_mel_bins=16, window_size=4, patch_size=4, patch_stride=(4, 4), depths=(1, 1),
         num_attention_heads=(1, 2), patch_embeds_hidden_size=16, hidden_size=32, projection_dim=16,
     )
+    return fe, config
+
+
+def tiny_clap(seed: int = 0) -> ClapAudioEncoder:
+    """Untrained 2-stage HTSAT audio tower, 16 kHz, 2 s windows, 8 x 8 = 64 tokens of 32-d per window."""
+    from transformers import ClapAudioModelWithProjection
+
+    fe, config = _tiny_clap_parts()
     enc = ClapAudioEncoder(model=_seeded(seed, lambda: ClapAudioModelWithProjection(config)), feature_extractor=fe)
     enc.weights = f"random-init(seed={seed})"
     return enc
+
+
+def tiny_clap_processor(seed: int = 0) -> ClapAudioProcessor:
+    """The processor of :func:`tiny_clap` (feature extractor and config; no weights)."""
+    return ClapAudioProcessor(*_tiny_clap_parts())
 
 
 # -- the preset table -------------------------------------------------------------------------
@@ -114,9 +163,10 @@ class Preset:
     license: str
     description: str
     pretrained: bool = True
+    processor: Callable[..., Any] | None = None  # the weights-free half, from the same options
 
 
-def _pretrained(cls: type, weights: str) -> Callable[..., Any]:
+def _pretrained(cls: Any, weights: str) -> Callable[..., Any]:
     def factory(**opts: Any) -> Any:
         opts = {k: v for k, v in opts.items() if v is not None}
         opts.setdefault("weights", weights)
@@ -129,25 +179,33 @@ PRESETS: dict[str, Preset] = {
     "whisper-base": Preset(
         _pretrained(WhisperAudioEncoder, "openai/whisper-base"), WhisperOptions, "openai/whisper-base", "apache-2.0",
         "Whisper base encoder: 512-d, 50 tokens/s (25 with pool_stride=2), 30 s windows",
+        processor=_pretrained(WhisperAudioProcessor.from_options, "openai/whisper-base"),
     ),
     "wav2vec2-base": Preset(
         _pretrained(SSLAudioEncoder, "facebook/wav2vec2-base-960h"), SSLOptions, "facebook/wav2vec2-base-960h",
         "apache-2.0", "wav2vec2 base (960 h LibriSpeech): 768-d, 49 tokens/s",
+        processor=_pretrained(SSLAudioProcessor.from_options, "facebook/wav2vec2-base-960h"),
     ),
     "hubert-base": Preset(
         _pretrained(SSLAudioEncoder, "facebook/hubert-base-ls960"), SSLOptions, "facebook/hubert-base-ls960",
         "apache-2.0", "HuBERT base (LibriSpeech 960 h): 768-d, 49 tokens/s",
+        processor=_pretrained(SSLAudioProcessor.from_options, "facebook/hubert-base-ls960"),
     ),
     "clap-htsat": Preset(
         _pretrained(ClapAudioEncoder, "laion/clap-htsat-unfused"), ClapOptions, "laion/clap-htsat-unfused",
         "apache-2.0", "CLAP HTSAT audio tower (unfused): 768-d, 64 tokens per 10 s window, 48 kHz",
+        processor=_pretrained(ClapAudioProcessor.from_options, "laion/clap-htsat-unfused"),
     ),
     "tiny-whisper": Preset(tiny_whisper, TinyWhisperOptions, None, "apache-2.0",
-                           "untrained 2-layer Whisper encoder, 32-d, 2 s windows, 50 tokens/s (tests, demos)", False),
+                           "untrained 2-layer Whisper encoder, 32-d, 2 s windows, 50 tokens/s (tests, demos)", False,
+                           tiny_whisper_processor),
     "tiny-wav2vec2": Preset(tiny_wav2vec2, TinySSLOptions, None, "apache-2.0",
-                            "untrained 2-layer wav2vec2, 32-d, GroupNorm conv stem, 49 tokens/s (tests, demos)", False),
+                            "untrained 2-layer wav2vec2, 32-d, GroupNorm conv stem, 49 tokens/s (tests, demos)", False,
+                            tiny_wav2vec2_processor),
     "tiny-hubert": Preset(tiny_hubert, TinySSLOptions, None, "apache-2.0",
-                          "untrained 2-layer HuBERT, 32-d, LayerNorm conv stem, 49 tokens/s (tests, demos)", False),
+                          "untrained 2-layer HuBERT, 32-d, LayerNorm conv stem, 49 tokens/s (tests, demos)", False,
+                          tiny_hubert_processor),
     "tiny-clap": Preset(tiny_clap, TinyOptions, None, "apache-2.0",
-                        "untrained 2-stage CLAP HTSAT audio tower, 32-d, 64 tokens per 2 s window (tests, demos)", False),
+                        "untrained 2-stage CLAP HTSAT audio tower, 32-d, 64 tokens per 2 s window (tests, demos)", False,
+                        tiny_clap_processor),
 }
