@@ -27,6 +27,8 @@ from hub_starter import (
     spoken_digits,
 )
 
+SHIFT_KINDS = {"image": ("font", "stroke", "contrast", "placement"), "audio": ("voice", "speed", "pitch"),
+               "graph": ("size",), "3d": ("stretch", "noise", "cut", "points")}
 needs_espeak = pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng is not installed (apt-get install espeak-ng)")
 
 
@@ -153,7 +155,8 @@ def test_tiny_build_writes_every_modality(tiny_pack):
         assert (root / m / "align.json").is_file() and (root / m / "projector.safetensors").is_file()
         assert info["held_out"] > 0 and info["train"] > 0 and set(info["seconds"]) >= {"data", "align"}
         assert info["pretrained"] == (m != "audio")
-    assert (root / "audio" / starter.ENCODER_STATE).is_file()  # audio presets have no save_pretrained
+    # the trained audio encoder is saved: its save_pretrained output, or a state dict where it has none
+    assert (root / "audio" / "encoder").is_dir() or (root / "audio" / starter.ENCODER_STATE).is_file()
     assert "torch" in manifest["versions"]
     x = tiny_pack.embed("graph", tiny_pack.data["graph"].items[:3])
     assert x.shape == (3, 384) and torch.allclose(x.norm(dim=-1), torch.ones(3), atol=1e-4)
@@ -189,6 +192,60 @@ def test_evaluate_writes_json_and_png(tiny_pack, tmp_path):
     assert saved["zero_shot"]["graph"]["top1"] == report["zero_shot"]["graph"]["top1"]
     png = Image.open(tmp_path / "eval" / "retrieval.png")
     assert png.width > 5 * starter.CELL and png.height > 3 * starter.CELL
+    for m in ("image", "audio", "graph", "3d"):  # shifted sets and raw-feature baselines, reported apart
+        sh, base = report["shifted"][m], report["baselines"][m]
+        assert sh["n"] > 0 and 0.0 <= sh["top1"] <= 1.0 and set(sh["kinds"]) == set(SHIFT_KINDS[m])
+        assert base["model"] == "logistic regression" and 0.0 <= base["top1"] <= 1.0
+        assert base["train"] == int((~tiny_pack.data[m].held_out).sum()) and base["shifted"]["n"] == sh["n"]
+    assert saved["shifted"]["3d"]["kinds"] == report["shifted"]["3d"]["kinds"]
+    summary = Image.open(tmp_path / "eval" / "summary.png")
+    assert summary.width > 300 and len(summary.getcolors(1 << 16)) > 5  # bars, not a blank page
+
+
+def test_shifted_sets_are_apart_and_shifted():
+    from hub_starter.shift import harder_shapes, larger_graphs, shifted_data, shifted_digits
+
+    digits = shifted_digits(0, per_kind=1, per_class=4)
+    assert len(digits) == 4 * 10 and digits.held_out.all() and digits.classes == DIGITS
+    train = {np.asarray(x).tobytes() for x in digit_images(0, per_class=4).split(False)[0]}
+    assert not any(np.asarray(x).tobytes() in train for x in digits.items)  # never a training scan
+    inverted = [x for x, i in zip(digits.items, digits.info) if i.get("contrast") == "inverted"]
+    assert all(np.asarray(x)[0].mean() > 100 for x in inverted)  # light page
+    graphs = larger_graphs(0, per_class=2)
+    assert all(31 <= i["size"] <= 60 for i in graphs.info)  # the families' size parameter: training's is 6-30
+    train = graph_families(0, per_class=2)
+    for name in GRAPH_FAMILIES:  # every family is bigger than in training
+        big = [g.number_of_nodes() for g, i in zip(graphs.items, graphs.info) if i["family"] == name]
+        small = [g.number_of_nodes() for g, y in zip(train.items, train.labels) if train.classes[y] == name]
+        assert min(big) > np.mean(small)
+    shapes = harder_shapes(0, per_kind=1)
+    assert {i["shift"] for i in shapes.info} == {"stretch", "noise", "cut", "points"}
+    assert {len(x) for x, i in zip(shapes.items, shapes.info) if i["shift"] == "points"} <= {128, 2048}
+    assert all(len(x) < 512 for x, i in zip(shapes.items, shapes.info) if i["shift"] == "cut")
+    again = harder_shapes(0, per_kind=1)
+    assert all(np.array_equal(a, b) for a, b in zip(again.items, shapes.items))
+    with pytest.raises(InvalidOptionsError, match="per_kind"):
+        shifted_data("3d", 0, per_kind=10_000)
+
+
+def test_baseline_features_and_normalisers():
+    import networkx as nx
+
+    from hub_starter.baselines import d2_features, graph_features
+    from hub_starter.normalise import normalise_cloud, normalise_digit
+
+    hist = graph_features([nx.star_graph(4)])[0]  # one hub of degree 4, four leaves
+    assert hist[1] == pytest.approx(0.8) and hist[4] == pytest.approx(0.2)
+    pts = primitive_shapes(0, per_class=1, points=400).items[0]
+    assert np.abs(d2_features([pts])[0] - d2_features([pts * 3.0])[0]).max() < 0.02  # scale-free
+    rot = np.linalg.qr(np.random.default_rng(0).normal(size=(3, 3)))[0]
+    a, b = normalise_cloud(pts), normalise_cloud(pts @ rot.T * np.array([1.0, 1.0, 1.0]) + 5.0)
+    assert np.allclose(np.sort(np.abs(a), 0), np.sort(np.abs(b), 0), atol=1e-3)  # pose removed
+    assert normalise_cloud(pts, points=128).shape == (128, 3)
+    img = digit_images(0, per_class=1).items[3]
+    dark = Image.fromarray(255 - np.asarray(img) // 3)  # dim, dark ink on a light page
+    a, b = np.asarray(normalise_digit(img), float), np.asarray(normalise_digit(dark), float)
+    assert np.abs(a - b).mean() < 12 and a.max() > 200
 
 
 def test_zero_shot_counts_hits(tiny_pack, monkeypatch):

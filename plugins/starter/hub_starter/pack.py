@@ -45,6 +45,12 @@ class ModalityPlan(BaseModel):
     align_batch_size: int = Field(32, ge=2)
     train_encoder: bool = Field(False, description="train the encoder with the projector during alignment")
     projector: str = "mlp"
+    normalise: bool = Field(False, description="remove nuisance factors before the encoder, in training and "
+                            "whenever the pack embeds (hub_starter.normalise)")
+    shift: dict[str, Any] = Field(default_factory=dict, description="options of the shifted evaluation set "
+                                  "(hub_starter.shift; sizes)")
+    align_views: int = Field(0, ge=0, le=16, description="augmented copies of every training pair added for "
+                             "alignment (hub_starter.views)")
 
 
 class StarterBudget(BaseModel):
@@ -72,14 +78,17 @@ BUDGETS: dict[str, StarterBudget] = {
     }),
     "tiny": StarterBudget(name="tiny", plans={
         "image": ModalityPlan(modality="image", data={"per_class": 4}, encoder="tiny-clip",
-                              encoder_options={"image_size": 16}, pretrain_epochs=1, align_epochs=1, align_batch_size=16),
+                              encoder_options={"image_size": 16}, pretrain_epochs=1, align_epochs=1, align_batch_size=16,
+                              shift={"per_kind": 1}, normalise=True, align_views=1),
         "audio": ModalityPlan(modality="audio", data={"combos": 3, "voices": ("en", "en-us", "en+f3")},
-                              encoder="tiny-whisper", align_epochs=1, align_batch_size=16, train_encoder=True),
+                              encoder="tiny-whisper", align_epochs=1, align_batch_size=16, train_encoder=True,
+                              shift={"per_kind": 1}),
         "graph": ModalityPlan(modality="graph", data={"per_class": 3}, encoder="gin", pretrain_epochs=1,
-                              align_epochs=1, align_batch_size=16),
+                              align_epochs=1, align_batch_size=16, shift={"per_class": 2}),
         "3d": ModalityPlan(modality="3d", data={"per_class": 3, "points": 160}, encoder="tiny-point-bert",
                            encoder_options={"num_points": 128, "num_groups": 8, "group_size": 16},
-                           pretrain_epochs=1, align_epochs=1, align_batch_size=16),
+                           pretrain_epochs=1, align_epochs=1, align_batch_size=16, shift={"per_kind": 1},
+                           normalise=True, align_views=1),
     }),
 }
 
@@ -172,13 +181,26 @@ class StarterPack:
         """Normalized embeddings of ``items`` in the shared space: (items, 384)."""
         if modality not in self.results:
             raise InvalidInputError(f"the starter pack has no {modality!r} encoder; it has {', '.join(self.results)}")
-        return self.results[modality].embed_aligned(list(items))
+        return self.results[modality].embed_aligned(self.prepare(modality, items))
+
+    def prepare(self, modality: str, items: Sequence[Any]) -> list[Any]:
+        """``items`` as the encoder of ``modality`` meets them: normalised when the plan says so."""
+        plan = self.manifest.budget.plans.get(modality)
+        return normalised(modality, items, plan is not None and plan.normalise)
 
     def embed_text(self, texts: Sequence[str]) -> torch.Tensor:
         """Normalized embeddings of ``texts`` by the anchor (minilm-l6): (texts, 384)."""
         return next(iter(self.results.values())).embed_anchor(list(texts))
 
 
+
+
+def normalised(modality: str, items: Sequence[Any], normalise: bool) -> list[Any]:
+    """``items`` through :data:`hub_starter.normalise.NORMALISERS` (when ``normalise`` and there is one)."""
+    from .normalise import NORMALISERS
+
+    fn = NORMALISERS.get(modality) if normalise else None
+    return [fn(x) for x in items] if fn is not None else list(items)
 
 
 def _save_result(result: AlignResult, directory: Path) -> str | None:
@@ -298,8 +320,14 @@ def _build(stage: Path, root: Path, plan: StarterBudget, mods: list[str], seed: 
         times: dict[str, float] = {}
         t = time.perf_counter()
         data = build_data(m, seed, **p.data)
+        pairs = data.pairs()
+        if p.align_views:
+            from .views import augmented_pairs
+
+            pairs = augmented_pairs(hub.registry, m, pairs, p.align_views, seed)
+        pairs = list(zip(normalised(m, [x for x, _ in pairs], p.normalise), [c for _, c in pairs]))
+        train_items = normalised(m, data.split(False)[0], p.normalise)
         times["data"] = time.perf_counter() - t
-        train_items, _ = data.split(False)
         encoder: Any = p.encoder
         options: dict[str, Any] | None = dict(p.encoder_options)
         info: dict[str, Any] = {}
@@ -315,7 +343,7 @@ def _build(stage: Path, root: Path, plan: StarterBudget, mods: list[str], seed: 
             encoder, options = trained.encoder, None
         t = time.perf_counter()
         result = align(
-            m, data.pairs(), encoder=encoder, encoder_options=options, anchor_encoder=ANCHOR_ENCODER,
+            m, pairs, encoder=encoder, encoder_options=options, anchor_encoder=ANCHOR_ENCODER,
             projector=p.projector, objective="infonce", train_encoder=p.train_encoder, epochs=p.align_epochs,
             batch_size=p.align_batch_size, lr=p.align_lr, seed=seed, progress=progress, hub=hub,
         )
