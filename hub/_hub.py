@@ -310,9 +310,13 @@ class Hub:
 
         warn_untrained(enc, self.registry)  # once per untrained preset per process, naming trained alternatives
 
-        # 2. per-item preprocessing, errors tied to the item
+        # 2. per-item preprocessing, errors tied to the item (with a cache: not of items it holds in this raw form)
+        from .cache import CachedCall, resolve_cache
+
+        store = resolve_cache(cache, self)
+        call = None if store is None else CachedCall(store, enc, options=options)
         prepared: dict[int, Any] = {}
-        for i in alive:
+        for i in alive if call is None else call.serve_raw({i: batch[i] for i in alive}):
             try:
                 prepared[i] = enc.prepare(batch[i], i)
             except HubError as exc:
@@ -323,7 +327,7 @@ class Hub:
                 if on_error == "raise":
                     raise err from exc
                 errors.append(SkippedItem(i, describe_item(batch[i]), str(err)))
-        if not prepared:
+        if not prepared and (call is None or not call.rows):
             return self._empty(errors, enc)
 
         # 3. length-bucketed batches, then back to input order (with a cache: only the items it misses)
@@ -342,10 +346,7 @@ class Hub:
             out = TokenEmbeddings.cat(parts)
             return out.select(sorted(range(len(out.indices)), key=lambda r: out.indices[r]))
 
-        from .cache import cached_embed, resolve_cache
-
-        store = resolve_cache(cache, self)
-        out = run(list(prepared)) if store is None else cached_embed(store, enc, prepared, run, options=options)
+        out = run(list(prepared)) if call is None else call.embed(prepared, run)
         out.errors = sorted(errors, key=lambda e: e.index)
         return out
 

@@ -402,3 +402,109 @@ def test_dataset_embedding_uses_the_cache(tmp_path, monkeypatch):
         return table.column("embedding").combine_chunks().values.to_numpy()
 
     assert (vectors(tmp_path / "a") == vectors(tmp_path / "b")).all()
+
+
+class Prepares:
+    """Counts the items an encoder's ``prepare`` really runs on."""
+
+    def __init__(self, enc) -> None:
+        self.items = 0
+        self._prepare = enc.prepare
+        enc.prepare = self
+
+    def __call__(self, item, index=0):
+        self.items += 1
+        return self._prepare(item, index)
+
+
+def _picture(seed: int, size=(40, 30)):
+    from PIL import Image
+
+    w, h = size
+    img = Image.new("RGB", size)
+    img.putdata([((x * 7 + seed * 31) % 256, (y * 9 + seed) % 256, (x * y + seed * 5) % 256)
+                 for y in range(h) for x in range(w)])
+    return img
+
+
+def test_raw_forms_seen_before_skip_prepare(hub, tmp_path):
+    """A path, bytes or PIL image seen before is served without prepare (an alias of its prepared form),
+    in a fresh hub; the three forms still share one entry."""
+    path = tmp_path / "pic.png"
+    _picture(1).save(path)
+    data = path.read_bytes()
+    store = EmbeddingCache(tmp_path / "raw.sqlite")
+    forms = [path, data, _picture(1), str(path)]
+    Prepares(hub.encoder("tiny-clip")), Calls(hub.encoder("tiny-clip"))  # as on the fresh hub below: instance
+    # attributes are part of the processor state an alias is keyed on (one could replace prepare)
+    first = [hub.embed(x, encoder="tiny-clip", cache=store) for x in forms]
+    info = store.info()
+    assert info["entries"] == 1 and info["aliases"] == 3  # str(path) is the path's alias
+    fresh = Hub(cache_dir=hub.cache_dir)
+    enc = fresh.encoder("tiny-clip")
+    prep, calls = Prepares(enc), Calls(enc)
+    again = fresh.embed([path, data, _picture(1), "not an image"], encoder="tiny-clip", cache=store, on_error="skip")
+    assert prep.items == 1 and calls.items == 0  # only the bad item was prepared, no model ran
+    assert again.indices == [0, 1, 2] and [e.index for e in again.errors] == [3]
+    for r in range(3):
+        assert torch.equal(again[r], first[0][0])
+    # a file rewritten in place with another picture of the same size and mtime misses (content is hashed)
+    st = path.stat()
+    _picture(2).save(path)
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    ref = fresh.embed(path, encoder="tiny-clip", cache=False)
+    changed = fresh.embed(path, encoder="tiny-clip", cache=store)
+    assert prep.items == 3 and calls.items == 2  # the reference and the changed file
+    assert torch.equal(changed.tokens, ref.tokens) and not torch.equal(changed.tokens, first[0].tokens)
+
+
+def test_processor_state_and_corrupt_aliases(hub, tmp_path):
+    """A processor changed in place on a live encoder (not in the options) re-prepares; a corrupt alias row
+    is reported, never used, and rebuilt."""
+    store = EmbeddingCache(tmp_path / "p.sqlite")
+    enc = hub.encoder("tiny-bert")
+    prep, calls = Prepares(enc), Calls(enc)
+    long = "one two three four five six seven eight nine ten eleven twelve"
+    hub.embed([long, "short"], encoder="tiny-bert", cache=store)
+    hub.embed([long, "short"], encoder="tiny-bert", cache=store)
+    assert prep.items == 2
+    original = enc.item_processor.max_length
+    enc.item_processor.max_length = 6  # truncates `long`: another prepared item
+    ref = Hub(cache_dir=hub.cache_dir)
+    ref.encoder("tiny-bert").item_processor.max_length = 6
+    cut = hub.embed([long, "short"], encoder="tiny-bert", cache=store)
+    assert prep.items == 4 and cut.lengths.tolist()[0] == 6
+    torch.testing.assert_close(cut[0], ref.embed([long], encoder="tiny-bert")[0], rtol=0, atol=1e-5)  # batch of 2 vs 1
+    enc.item_processor.max_length = original
+    con = sqlite3.connect(store.path)
+    con.execute("UPDATE aliases SET value = zeroblob(40)")  # digests and checks that do not match
+    con.commit()
+    con.close()
+    with pytest.warns(CacheCorruptionWarning, match="alias"):
+        te = hub.embed([long, "short"], encoder="tiny-bert", cache=store)
+    assert prep.items == 6 and calls.items == 4  # prepared again, served from their entries (no model run)
+    assert te.lengths.tolist()[0] > 6
+    assert store.info()["aliases"] == 4  # the two rebuilt, and the max_length=6 ones: still bad, found by verify
+    assert store.verify()["bad_rows"] == 2 and store.verify()["bad_rows"] == 0
+    assert store.info()["aliases"] == 2
+
+
+def test_raw_digest_refuses_ambiguous_items(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from hub.cache import raw_digest
+
+    assert raw_digest({"data": "mesh.obj", "format": "obj"}) is None  # a string inside may name a file
+    assert raw_digest((np.zeros(3, dtype=object), 1)) is None
+    assert raw_digest(tmp_path) is None  # a directory
+    frames = [_picture(1), _picture(2)]
+    gif = tmp_path / "a.gif"
+    frames[0].save(gif, save_all=True, append_images=frames[1:])
+    assert raw_digest(Image.open(gif)) is None  # which frame prepare reads is the plugin's choice
+    assert raw_digest((np.ones((4, 2), np.float32), 16000))[0] != raw_digest((np.ones((4, 2), np.float32), 8000))[0]
+    p = _picture(1).convert("P")
+    q = p.copy()
+    q.putpalette([255 - v for v in p.getpalette()])
+    assert raw_digest(p)[0] != raw_digest(q)[0]  # same indices, other palette
+    assert raw_digest("a cat")[0] != raw_digest(b"a cat")[0]

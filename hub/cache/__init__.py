@@ -13,11 +13,12 @@ versions, and a hash of the *prepared* item -- so a path, bytes or a PIL image o
 share an entry.
 """
 
-from ._embed import cached_embed, default_cache_path, keys_for, open_cache, resolve_cache
-from ._key import encoder_fingerprint, item_digest, library_versions, weights_sha256
+from ._embed import CachedCall, cached_embed, default_cache_path, keys_for, open_cache, resolve_cache
+from ._key import decoder_versions, encoder_fingerprint, item_digest, library_versions, raw_digest, weights_sha256
 from ._store import DB_NAME, DEFAULT_MAX_BYTES, CacheCorruptionWarning, CacheEntry, EmbeddingCache
 
 __all__ = [
+    "CachedCall",
     "EmbeddingCache",
     "CacheEntry",
     "CacheCorruptionWarning",
@@ -25,11 +26,13 @@ __all__ = [
     "DEFAULT_MAX_BYTES",
     "cached_embed",
     "default_cache_path",
+    "decoder_versions",
     "encoder_fingerprint",
     "item_digest",
     "keys_for",
     "library_versions",
     "open_cache",
+    "raw_digest",
     "resolve_cache",
     "weights_sha256",
 ]

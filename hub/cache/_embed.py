@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import threading
 import warnings
@@ -12,10 +13,18 @@ import torch
 
 from ..errors import CacheError
 from ..tokens import TokenEmbeddings
-from ._key import UnhashableItemError, encoder_fingerprint, fingerprint_digest, item_digest
+from ._key import (
+    UnhashableItemError,
+    encoder_fingerprint,
+    file_signature,
+    fingerprint_digest,
+    item_digest,
+    processor_digest,
+    raw_digest,
+)
 from ._store import DB_NAME, EmbeddingCache
 
-__all__ = ["resolve_cache", "default_cache_path", "cached_embed", "keys_for"]
+__all__ = ["resolve_cache", "default_cache_path", "cached_embed", "keys_for", "CachedCall"]
 
 _OPEN: dict[tuple[int, str], EmbeddingCache] = {}
 _OPEN_LOCK = threading.Lock()
@@ -74,20 +83,23 @@ def resolve_cache(arg: CacheArg, hub: Any = None) -> EmbeddingCache | None:
 def keys_for(encoder: Any, prepared: Mapping[int, Any], *, options: Mapping[str, Any] | None = None,
              storage: str = "float32", output: str = "tokens", normalize: bool = False) -> dict[int, bytes | None]:
     """The cache key (32 bytes) of each prepared item; ``None`` for items whose prepared form cannot be hashed."""
-    import hashlib
-
     base = fingerprint_digest(encoder_fingerprint(encoder, options=options, output=output, normalize=normalize))
     base += storage.encode()
+    return {i: None if d is None else hashlib.sha256(base + d).digest()
+            for i, d in _digests(encoder, prepared).items()}
+
+
+def _digests(encoder: Any, prepared: Mapping[int, Any]) -> dict[int, bytes | None]:
     out: dict[int, bytes | None] = {}
     for i, p in prepared.items():
         try:
-            out[i] = hashlib.sha256(base + item_digest(p)).digest()
+            out[i] = item_digest(p)
         except UnhashableItemError as exc:
             tag = f"{type(encoder).__qualname__}:{exc}"
             if tag not in _WARNED:
                 _WARNED.add(tag)
                 warnings.warn(f"embedding cache: {exc}; such items are computed every time", RuntimeWarning,
-                              stacklevel=4)
+                              stacklevel=5)
             out[i] = None
     return out
 
@@ -112,38 +124,88 @@ def cached_embed(cache: EmbeddingCache, encoder: Any, prepared: Mapping[int, Any
     masks and pooled vectors equal the uncached run's bit for bit with ``float32`` storage; padded
     positions (mask false) hold zeros.
     """
-    keys = keys_for(encoder, prepared, options=options, storage=cache.dtype)
-    hits = cache.get_many([k for k in keys.values() if k is not None])
-    rows: dict[int, tuple[torch.Tensor, torch.Tensor | None]] = {}
-    for i, k in keys.items():
-        e = hits.get(k) if k is not None else None
-        if e is not None:
-            rows[i] = (e.tokens, e.mask)
-    misses = [i for i in prepared if i not in rows]
-    if misses:
-        te = run(misses)
-        new = dict(zip(te.indices or misses, _rows(te)))
+    return CachedCall(cache, encoder, options=options).embed(prepared, run)
+
+
+class CachedCall:
+    """One ``embed`` call through the cache, in two steps:
+
+    1. :meth:`serve_raw` (optional): items whose *raw* form (file bytes, image pixels, string) was seen
+       before with this encoder and processor state are served without ``prepare``: an alias row maps
+       sha256(fingerprint, processor state, decoder versions, raw content) to the digest of the prepared
+       item, and the entry is looked up by the prepared item's key as always;
+    2. :meth:`embed`: the rest, prepared by the caller: looked up by their prepared form (so a path, bytes
+       and a PIL image of one picture share an entry), the misses run, entries and aliases stored.
+    """
+
+    def __init__(self, cache: EmbeddingCache, encoder: Any, *, options: Mapping[str, Any] | None = None) -> None:
+        self.cache, self.encoder = cache, encoder
+        self.fingerprint = fingerprint_digest(encoder_fingerprint(encoder, options=options))
+        self.base = self.fingerprint + cache.dtype.encode()
+        #: input index -> (tokens, mask) served so far
+        self.rows: dict[int, tuple[torch.Tensor, torch.Tensor | None]] = {}
+        self._raw: dict[int, tuple[bytes, tuple | None, Any]] = {}  # index -> (alias key, file signature, item)
+
+    def key(self, digest: bytes) -> bytes:
+        return hashlib.sha256(self.base + digest).digest()
+
+    def serve_raw(self, items: Mapping[int, Any]) -> list[int]:
+        """Serve the items seen before in this raw form; returns the indices still to prepare, in order."""
+        alias_base = b"alias" + self.fingerprint + processor_digest(self.encoder)
+        for i, x in items.items():
+            r = raw_digest(x)
+            if r is not None:
+                self._raw[i] = (hashlib.sha256(alias_base + r[0]).digest(), r[1], x)
+        if self._raw:
+            digests = self.cache.get_aliases([a for a, _, _ in self._raw.values()])
+            keys = {i: self.key(digests[a]) for i, (a, _, _) in self._raw.items() if a in digests}
+            hits = self.cache.get_many(list(keys.values()))
+            for i, k in keys.items():
+                e = hits.get(k)
+                if e is not None:
+                    self.rows[i] = (e.tokens, e.mask)
+        return [i for i in items if i not in self.rows]
+
+    def embed(self, prepared: Mapping[int, Any], run: Callable[[list[int]], TokenEmbeddings]) -> TokenEmbeddings:
+        """Look ``prepared`` up, ``run`` the misses, store them; one batch in input order with the rows
+        :meth:`serve_raw` served."""
+        cache, encoder, rows = self.cache, self.encoder, self.rows
+        digests = _digests(encoder, prepared)
+        keys = {i: self.key(d) for i, d in digests.items() if d is not None}
+        hits = cache.get_many(list(keys.values()))
+        for i, k in keys.items():
+            e = hits.get(k)
+            if e is not None:
+                rows[i] = (e.tokens, e.mask)
+        aliases = []
+        for i, (alias, sig, item) in self._raw.items():
+            # a file that changed while it was hashed and prepared gets no alias
+            if digests.get(i) is not None and (sig is None or file_signature(item) == sig):
+                aliases.append((alias, digests[i]))
+        misses = [i for i in prepared if i not in rows]
         store = []
-        for i, (t, m) in new.items():
-            if keys.get(i) is not None:
-                store.append((keys[i], encoder.space, t, m))
-        if cache.dtype == "float32":
-            rows.update(new)
-        else:  # serve exactly what a later hit will return
-            rows.update({i: (t.float().half().float(), m) for i, (t, m) in new.items()})
-        try:
-            cache.put_many(store)
-        except CacheError as exc:
-            warnings.warn(f"embedding cache: results not stored ({exc})", RuntimeWarning, stacklevel=3)
-    order = sorted(rows)
-    device = encoder.device
-    width = max((int(rows[i][0].shape[0]) for i in order), default=0)
-    dim = int(encoder.dim) if not order else int(rows[order[0]][0].shape[1])
-    tokens = torch.zeros(len(order), width, dim, dtype=torch.float32, device=device)
-    mask = torch.zeros(len(order), width, dtype=torch.bool, device=device)
-    for r, i in enumerate(order):
-        t, m = rows[i]
-        w = int(t.shape[0])
-        tokens[r, :w] = t.to(device)
-        mask[r, :w] = True if m is None else m.to(device)
-    return TokenEmbeddings(tokens, mask, encoder.modality, encoder.space, encoder.pooling, order)
+        if misses:
+            te = run(misses)
+            new = dict(zip(te.indices or misses, _rows(te)))
+            store = [(keys[i], encoder.space, t, m) for i, (t, m) in new.items() if i in keys]
+            if cache.dtype == "float32":
+                rows.update(new)
+            else:  # serve exactly what a later hit will return
+                rows.update({i: (t.float().half().float(), m) for i, (t, m) in new.items()})
+        if store or aliases:
+            try:
+                cache.put_many(store, aliases)
+            except CacheError as exc:
+                warnings.warn(f"embedding cache: results not stored ({exc})", RuntimeWarning, stacklevel=3)
+        order = sorted(rows)
+        device = encoder.device
+        width = max((int(rows[i][0].shape[0]) for i in order), default=0)
+        dim = int(encoder.dim) if not order else int(rows[order[0]][0].shape[1])
+        tokens = torch.zeros(len(order), width, dim, dtype=torch.float32, device=device)
+        mask = torch.zeros(len(order), width, dtype=torch.bool, device=device)
+        for r, i in enumerate(order):
+            t, m = rows[i]
+            w = int(t.shape[0])
+            tokens[r, :w] = t.to(device)
+            mask[r, :w] = True if m is None else m.to(device)
+        return TokenEmbeddings(tokens, mask, encoder.modality, encoder.space, encoder.pooling, order)

@@ -39,6 +39,10 @@ _SCHEMA = (
     "created REAL NOT NULL, accessed REAL NOT NULL, checksum BLOB NOT NULL)",
     "CREATE INDEX IF NOT EXISTS entries_accessed ON entries(accessed)",
     "CREATE TABLE IF NOT EXISTS blobs(id INTEGER PRIMARY KEY, mask BLOB, data BLOB NOT NULL)",
+    # raw item (+ encoder and processor state) -> sha256 of its prepared form and an 8-byte check of the pair:
+    # a raw form seen before skips ``prepare``; entries are still keyed by the prepared form
+    "CREATE TABLE IF NOT EXISTS aliases(raw BLOB PRIMARY KEY, value BLOB NOT NULL, accessed REAL NOT NULL) "
+    "WITHOUT ROWID",
     "CREATE TRIGGER IF NOT EXISTS entries_added AFTER INSERT ON entries BEGIN "
     "UPDATE stats SET entries = entries + 1, bytes = bytes + NEW.size WHERE id = 0; END",
     "CREATE TRIGGER IF NOT EXISTS entries_removed AFTER DELETE ON entries BEGIN "
@@ -65,6 +69,10 @@ def _checksum(key: bytes, n: int, dim: int, dtype: str, mask: bytes | None, data
     h.update(b"m%d:" % len(mask) + mask if mask is not None else b"-")
     h.update(data)
     return h.digest()
+
+
+def _alias_check(raw: bytes, digest: bytes) -> bytes:
+    return hashlib.blake2b(raw + digest, digest_size=8).digest()
 
 
 def _is_corruption(exc: sqlite3.Error) -> bool:
@@ -294,8 +302,54 @@ class EmbeddingCache:
                 warnings.warn(f"embedding cache: could not record access times ({exc})", RuntimeWarning, stacklevel=4)
         return found, bad
 
-    def put_many(self, rows: Iterable[tuple[bytes, str, torch.Tensor, torch.Tensor | None]]) -> int:
+    def get_aliases(self, raws: Sequence[bytes]) -> dict[bytes, bytes]:
+        """The prepared-item digests recorded for raw-item keys (misses are absent); touches their access time.
+
+        A row that fails its check is never used: warned, dropped, and the item is prepared again."""
+        if not raws:
+            return {}
+        found, bad = self._run(self._select_aliases, list(dict.fromkeys(raws)))
+        if bad:
+            msg = f"embedding cache {str(self.path)!r}: {len(bad)} raw-item alias row(s) failed their check; not used"
+            if self.on_corrupt == "raise":
+                raise CacheCorruptError(msg)
+            warnings.warn(msg + "; dropped them, the items are prepared again", CacheCorruptionWarning, stacklevel=3)
+            self._run(lambda conn: self._delete_aliases(conn, bad))
+        return found
+
+    def _select_aliases(self, conn: sqlite3.Connection, raws: list[bytes]) -> tuple[dict[bytes, bytes], list[bytes]]:
+        found: dict[bytes, bytes] = {}
+        bad: list[bytes] = []
+        for s in range(0, len(raws), _IN_CHUNK):
+            chunk = raws[s : s + _IN_CHUNK]
+            for raw, value in conn.execute(f"SELECT raw, value FROM aliases WHERE raw IN ({','.join('?' * len(chunk))})",
+                                           chunk):
+                if not isinstance(value, bytes) or len(value) != 40 or _alias_check(raw, value[:32]) != value[32:]:
+                    bad.append(raw)
+                else:
+                    found[raw] = value[:32]
+        if found:
+            now = time.time()
+            try:
+                with self._write(conn):
+                    keys = list(found)
+                    for s in range(0, len(keys), _IN_CHUNK):
+                        chunk = keys[s : s + _IN_CHUNK]
+                        conn.execute(f"UPDATE aliases SET accessed = ? WHERE raw IN ({','.join('?' * len(chunk))})",
+                                     [now, *chunk])
+            except sqlite3.OperationalError as exc:  # busy past the timeout: the aliases are still good
+                warnings.warn(f"embedding cache: could not record access times ({exc})", RuntimeWarning, stacklevel=4)
+        return found, bad
+
+    @staticmethod
+    def _delete_aliases(conn: sqlite3.Connection, raws: Sequence[bytes]) -> None:
+        with EmbeddingCache._Txn(conn):
+            conn.executemany("DELETE FROM aliases WHERE raw = ?", [(r,) for r in raws])
+
+    def put_many(self, rows: Iterable[tuple[bytes, str, torch.Tensor, torch.Tensor | None]],
+                 aliases: Iterable[tuple[bytes, bytes]] = ()) -> int:
         """Store ``(key, space, tokens (n, dim), mask (n,) or None)`` rows; keys already present are kept.
+        ``aliases``: ``(raw-item key, prepared-item digest)`` pairs, written in the same transaction.
 
         Returns how many rows were added.  Evicts least recently used rows past ``max_bytes``.
         """
@@ -311,14 +365,18 @@ class EmbeddingCache:
                 m = np.packbits(mask.detach().cpu().numpy().astype(bool)).tobytes()
             n, dim = int(t.shape[0]), int(t.shape[1])
             packed.append((key, space, n, dim, _checksum(key, n, dim, self.dtype, m, data), m, data))
-        if not packed:
+        pairs = [(raw, digest + _alias_check(raw, digest)) for raw, digest in aliases]
+        if not packed and not pairs:
             return 0
-        return self._run(self._insert, packed)
+        return self._run(self._insert, packed, pairs)
 
-    def _insert(self, conn: sqlite3.Connection, packed: list) -> int:
+    def _insert(self, conn: sqlite3.Connection, packed: list, pairs: list = ()) -> int:
         now = time.time()
         added = 0
         with self._write(conn):
+            if pairs:
+                conn.executemany("INSERT OR REPLACE INTO aliases(raw, value, accessed) VALUES (?, ?, ?)",
+                                 [(raw, value, now) for raw, value in pairs])
             for key, space, n, dim, checksum, mask, data in packed:
                 size = len(data) + (len(mask) if mask is not None else 0)
                 cur = conn.execute(
@@ -345,6 +403,8 @@ class EmbeddingCache:
         for s in range(0, len(ids), _IN_CHUNK):
             chunk = ids[s : s + _IN_CHUNK]
             conn.execute(f"DELETE FROM entries WHERE id IN ({','.join('?' * len(chunk))})", chunk)
+        # aliases unused since before the oldest entry kept was last used go too (they bound themselves this way)
+        conn.execute("DELETE FROM aliases WHERE accessed < COALESCE((SELECT MIN(accessed) FROM entries), 1e300)")
         conn.execute("PRAGMA incremental_vacuum")
         return len(ids)
 
@@ -361,7 +421,9 @@ class EmbeddingCache:
             entries, payload = conn.execute("SELECT entries, bytes FROM stats WHERE id = 0").fetchone()
             spaces = dict(conn.execute("SELECT space, COUNT(*) FROM entries GROUP BY space ORDER BY space").fetchall())
             dtypes = dict(conn.execute("SELECT dtype, COUNT(*) FROM entries GROUP BY dtype").fetchall())
-            return {"entries": int(entries), "payload_bytes": int(payload), "spaces": spaces, "dtypes": dtypes}
+            aliases = conn.execute("SELECT COUNT(*) FROM aliases").fetchone()[0]
+            return {"entries": int(entries), "payload_bytes": int(payload), "spaces": spaces, "dtypes": dtypes,
+                    "aliases": int(aliases)}
         out = {"path": str(self.path), "max_bytes": self.max_bytes, "dtype": self.dtype, **self._run(run)}
         out["file_bytes"] = sum(p.stat().st_size for p in self._files() if p.exists())
         out["set_aside"] = [str(p) for p in sorted(self.path.parent.glob(self.path.name + ".corrupt-*"))]
@@ -377,6 +439,7 @@ class EmbeddingCache:
                 n = conn.execute("SELECT COUNT(*) FROM entries").fetchone()[0]
                 conn.execute("DELETE FROM blobs")
                 conn.execute("DELETE FROM entries")
+                conn.execute("DELETE FROM aliases")
                 conn.execute("UPDATE stats SET entries = 0, bytes = 0 WHERE id = 0")
             try:
                 conn.execute("VACUUM")
@@ -394,18 +457,23 @@ class EmbeddingCache:
 
     def verify(self) -> dict:
         """Check every row's checksum and the file (``PRAGMA integrity_check``); returns counts, drops bad rows."""
-        def run(conn: sqlite3.Connection) -> tuple[list[str], list[bytes], int]:
+        def run(conn: sqlite3.Connection) -> tuple[list[str], list[bytes], int, list[bytes]]:
             integrity = [r[0] for r in conn.execute("PRAGMA integrity_check").fetchall()]
             keys = [r[0] for r in conn.execute("SELECT key FROM entries")]
-            return integrity, keys, len(keys)
-        integrity, keys, n = self._run(run)
+            bad_aliases = [raw for raw, value in conn.execute("SELECT raw, value FROM aliases")
+                           if not isinstance(value, bytes) or len(value) != 40
+                           or _alias_check(raw, value[:32]) != value[32:]]
+            return integrity, keys, len(keys), bad_aliases
+        integrity, keys, n, bad_aliases = self._run(run)
+        if bad_aliases:
+            self._run(lambda conn: self._delete_aliases(conn, bad_aliases))
         bad: list[bytes] = []
         for s in range(0, len(keys), _IN_CHUNK):
             _, b = self._run(self._select, keys[s : s + _IN_CHUNK], False)
             bad.extend(b)
         if bad:
             self.delete(bad)
-        return {"integrity": integrity, "entries": n, "bad_rows": len(bad)}
+        return {"integrity": integrity, "entries": n, "bad_rows": len(bad) + len(bad_aliases)}
 
 
 class _Corrupt(sqlite3.DatabaseError):
