@@ -48,13 +48,14 @@ def normalise_digit(item: Any, grid: int = 8) -> Any:
     return out.convert("RGB")
 
 
-def normalise_cloud(item: Any, points: int | None = None) -> np.ndarray:
-    """A point cloud in its principal frame with unit spread along each axis (float32 (N, 3))."""
+def normalise_cloud(item: Any, points: int | None = None, whiten: bool = True) -> np.ndarray:
+    """A point cloud in its principal frame with unit spread along each axis (float32 (N, 3)); ``whiten=False``
+    keeps the proportions (one scale for all axes)."""
     xyz = np.asarray(item, dtype=np.float64)[:, :3]
     xyz = xyz - xyz.mean(0)
     _, vectors = np.linalg.eigh(np.cov(xyz.T))
     xyz = xyz @ vectors[:, ::-1]  # largest spread first
-    xyz = xyz / np.maximum(xyz.std(0), 1e-9)
+    xyz = xyz / (np.maximum(xyz.std(0), 1e-9) if whiten else max(float(xyz.std()), 1e-9))
     skew = (xyz**3).mean(0)
     xyz = xyz * np.where(skew < 0, -1.0, 1.0)
     if points is not None and len(xyz) != points:
