@@ -44,17 +44,23 @@ def export_cmd(modality, out_dir, encoder, options, bundle, with_projector, pool
 @click.option("--runtime", default="torch,onnx", show_default=True, help="Comma-separated runtimes: torch, onnx.")
 @click.option("--batch-size", default=8, show_default=True, type=click.IntRange(min=1))
 @click.option("--items", default=32, show_default=True, type=click.IntRange(min=1))
-@click.option("--repeats", default=3, show_default=True, type=click.IntRange(min=1))
+@click.option("--repeats", "--passes", default=5, show_default=True, type=click.IntRange(min=1),
+              help="Timed passes, interleaved; the median is reported, the per-pass ratio spread is the noise band.")
+@click.option("--config", "config", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="JSON list of cases (encoder, options, size, batch_size, items), e.g. real-size configs with "
+                   "random weights: benchmarks/bench_cases.json.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), help="Write the rows as JSON.")
-def bench(modalities, runtime, batch_size, items, repeats, json_path) -> None:
-    """Items/s and latency of torch eager vs ONNX Runtime per modality, on the same inputs in one run."""
+def bench(modalities, runtime, batch_size, items, repeats, config, json_path) -> None:
+    """Items/s and latency of torch eager vs ONNX Runtime per modality, on the same inputs in one run,
+    through Hub.embed(..., runtime=...): median of N interleaved passes, with the noise band."""
     from .._hub import Hub
     from ..onnx import bench as hub_bench
 
     runtimes = tuple(r.strip() for r in runtime.split(",") if r.strip())
     try:
+        cases = hub_bench.load_cases(config) if config else None
         rows = hub_bench.run(modalities=list(modalities) or None, runtimes=runtimes, batch_size=batch_size,
-                             items=items, repeats=repeats, json_path=json_path, hub=Hub())
+                             items=items, repeats=repeats, json_path=json_path, hub=Hub(), cases=cases)
     except HubError as exc:
         fail(exc)
     if any(row.get("error") for row in rows):

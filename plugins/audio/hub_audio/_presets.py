@@ -9,6 +9,8 @@ from typing import Any, Callable
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
+from hub.errors import InvalidOptionsError
+
 from ._encoders import (
     ClapAudioEncoder,
     ClapAudioProcessor,
@@ -43,37 +45,53 @@ class TinyOptions(BaseModel):
 class TinyWhisperOptions(TinyOptions):
     pool_stride: int = Field(1, ge=1, le=8)
     chunk_length: int = Field(2, ge=1, le=30, description="window in seconds")
+    # sizes: the defaults are tiny; whisper-base's are num_mel_bins=80, hidden_size=512, num_layers=6,
+    # num_heads=8, chunk_length=30 (random init at real size: benchmarks)
+    num_mel_bins: int = Field(16, ge=8, le=256)
+    hidden_size: int = Field(32, ge=8, le=4096)
+    num_layers: int = Field(2, ge=1, le=64)
+    num_heads: int = Field(2, ge=1, le=64)
+
+
+class TinyClapOptions(TinyOptions):
+    htsat: bool = Field(False, description="the real HTSAT geometry (laion/clap-htsat-*: 48 kHz, 10 s windows, "
+                                           "64 mels, 768-d, depths 2/2/6/2), random init: benchmarks")
 
 
 class TinySSLOptions(TinyOptions):
     window_seconds: float = Field(2.0, gt=0, le=600)
 
 
-def _tiny_whisper_parts(chunk_length: int) -> tuple[Any, Any]:
+def _tiny_whisper_parts(chunk_length: int, num_mel_bins: int = 16, hidden_size: int = 32, num_layers: int = 2,
+                        num_heads: int = 2) -> tuple[Any, Any]:
     from transformers import WhisperConfig, WhisperFeatureExtractor
 
-    fe = WhisperFeatureExtractor(feature_size=16, chunk_length=chunk_length)
+    if hidden_size % num_heads:
+        raise InvalidOptionsError(f"hidden_size={hidden_size} is not a multiple of num_heads={num_heads}")
+    fe = WhisperFeatureExtractor(feature_size=num_mel_bins, chunk_length=chunk_length)
     config = WhisperConfig(
-        num_mel_bins=16, d_model=32, encoder_layers=2, encoder_attention_heads=2, encoder_ffn_dim=64,
+        num_mel_bins=num_mel_bins, d_model=hidden_size, encoder_layers=num_layers, encoder_attention_heads=num_heads,
+        encoder_ffn_dim=4 * hidden_size if hidden_size > 32 else 64,
         decoder_layers=1, decoder_attention_heads=2, decoder_ffn_dim=64,
         max_source_positions=fe.nb_max_frames // 2, max_target_positions=16,
     )
     return fe, config
 
 
-def tiny_whisper(seed: int = 0, pool_stride: int = 1, chunk_length: int = 2) -> WhisperAudioEncoder:
-    """Untrained 2-layer Whisper encoder, 16 mel bins, 32-d, windows of ``chunk_length`` s (50 tokens/s)."""
+def tiny_whisper(seed: int = 0, pool_stride: int = 1, chunk_length: int = 2, **sizes: int) -> WhisperAudioEncoder:
+    """Untrained 2-layer Whisper encoder, 16 mel bins, 32-d, windows of ``chunk_length`` s (50 tokens/s);
+    ``sizes`` (``num_mel_bins``, ``hidden_size``, ``num_layers``, ``num_heads``) scale it up."""
     from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
-    fe, config = _tiny_whisper_parts(chunk_length)
+    fe, config = _tiny_whisper_parts(chunk_length, **sizes)
     enc = WhisperAudioEncoder(model=_seeded(seed, lambda: WhisperEncoder(config)), feature_extractor=fe, pool_stride=pool_stride)
     enc.weights = f"random-init(seed={seed})"
     return enc
 
 
-def tiny_whisper_processor(seed: int = 0, pool_stride: int = 1, chunk_length: int = 2) -> WhisperAudioProcessor:
+def tiny_whisper_processor(seed: int = 0, pool_stride: int = 1, chunk_length: int = 2, **sizes: int) -> WhisperAudioProcessor:
     """The processor of :func:`tiny_whisper` (feature extractor and config; no weights)."""
-    return WhisperAudioProcessor(*_tiny_whisper_parts(chunk_length), pool_stride=pool_stride)
+    return WhisperAudioProcessor(*_tiny_whisper_parts(chunk_length, **sizes), pool_stride=pool_stride)
 
 
 _SSL_FAMILIES = {  # tiny preset -> (config class, model class, config options)
@@ -125,9 +143,11 @@ def tiny_hubert_processor(seed: int = 0, window_seconds: float = 2.0) -> SSLAudi
     return SSLAudioProcessor(*_tiny_ssl_parts("hubert"), window_seconds=window_seconds)
 
 
-def _tiny_clap_parts() -> tuple[Any, Any]:
+def _tiny_clap_parts(htsat: bool = False) -> tuple[Any, Any]:
     from transformers import ClapAudioConfig, ClapFeatureExtractor
 
+    if htsat:  # transformers' defaults are laion/clap-htsat-*'s geometry
+        return ClapFeatureExtractor(truncation="rand_trunc", padding="repeatpad"), ClapAudioConfig()
     fe = ClapFeatureExtractor(
         feature_size=16, sampling_rate=16000, hop_length=160, max_length_s=2, fft_window_size=400,
         frequency_max=8000, truncation="rand_trunc", padding="repeatpad",
@@ -139,19 +159,20 @@ def _tiny_clap_parts() -> tuple[Any, Any]:
     return fe, config
 
 
-def tiny_clap(seed: int = 0) -> ClapAudioEncoder:
-    """Untrained 2-stage HTSAT audio tower, 16 kHz, 2 s windows, 8 x 8 = 64 tokens of 32-d per window."""
+def tiny_clap(seed: int = 0, htsat: bool = False) -> ClapAudioEncoder:
+    """Untrained 2-stage HTSAT audio tower, 16 kHz, 2 s windows, 8 x 8 = 64 tokens of 32-d per window
+    (``htsat=True``: the real HTSAT geometry, 48 kHz, 10 s windows, 64 tokens of 768-d)."""
     from transformers import ClapAudioModelWithProjection
 
-    fe, config = _tiny_clap_parts()
+    fe, config = _tiny_clap_parts(htsat)
     enc = ClapAudioEncoder(model=_seeded(seed, lambda: ClapAudioModelWithProjection(config)), feature_extractor=fe)
     enc.weights = f"random-init(seed={seed})"
     return enc
 
 
-def tiny_clap_processor(seed: int = 0) -> ClapAudioProcessor:
+def tiny_clap_processor(seed: int = 0, htsat: bool = False) -> ClapAudioProcessor:
     """The processor of :func:`tiny_clap` (feature extractor and config; no weights)."""
-    return ClapAudioProcessor(*_tiny_clap_parts())
+    return ClapAudioProcessor(*_tiny_clap_parts(htsat))
 
 
 # -- the preset table -------------------------------------------------------------------------
@@ -205,7 +226,7 @@ PRESETS: dict[str, Preset] = {
     "tiny-hubert": Preset(tiny_hubert, TinySSLOptions, None, "apache-2.0",
                           "untrained 2-layer HuBERT, 32-d, LayerNorm conv stem, 49 tokens/s (tests, demos)", False,
                           tiny_hubert_processor),
-    "tiny-clap": Preset(tiny_clap, TinyOptions, None, "apache-2.0",
+    "tiny-clap": Preset(tiny_clap, TinyClapOptions, None, "apache-2.0",
                         "untrained 2-stage CLAP HTSAT audio tower, 32-d, 64 tokens per 2 s window (tests, demos)", False,
                         tiny_clap_processor),
 }
