@@ -1,72 +1,53 @@
-"""Throughput of every offline encoder preset: tokens per item and items/s on this machine.
+"""Every modality's encoder, torch eager vs ONNX Runtime, at tiny and real sizes, through the public path.
 
-    python benchmarks/encoders.py [--batch 8] [--items 32] [--json benchmarks/results/encoders.json]
+    python benchmarks/encoders.py [--size tiny|real|all] [--modality audio] [--passes 5] [--quick]
+                                  [--cases benchmarks/bench_cases.json] [--json benchmarks/results/encoders.json]
 
-For each modality, every untrained preset (and every pretrained encoder whose
-weights are available locally) embeds the modality's sample item ``--items``
-times in batches of ``--batch`` after one warm-up batch.  Numbers depend on the
-machine; the script prints a table and writes JSON.
+The cases (``benchmarks/bench_cases.json``) are each modality's tiny preset and a real-size
+configuration with random weights (ViT-B/16-sized, whisper-base-sized, CLAP HTSAT, a 256-d GAT on
+~4,000-node batches, point-bert, MiniLM-L6).  Per case, ``hub.onnx.bench.run`` embeds the same
+length-bucketed batches with ``Hub().embed(..., runtime="torch")`` and ``runtime="onnx"`` (export
+made once, timed apart), alternating which runtime goes first over ``--passes`` passes; it prints
+the median ratio and its noise band (min-max of the per-pass ratios; ``*`` = faster in every pass)
+and writes JSON with the machine, thread counts and the load average.  ``--quick``: tiny cases only,
+2 passes, few items (development).  Timings for a report run under the shared lock:
+``flock /tmp/bench.lock python benchmarks/encoders.py --size real --modality audio``.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
-import time
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import torch  # noqa: E402
-from tqdm.auto import tqdm  # noqa: E402
+from hub import Hub  # noqa: E402
+from hub.onnx.bench import load_cases, run  # noqa: E402
 
-from hub import Hub, InvalidOptionsError, WeightsNotFoundError  # noqa: E402
+HERE = Path(__file__).resolve().parent
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--batch", type=int, default=8)
-    ap.add_argument("--items", type=int, default=32)
-    ap.add_argument("--repeats", type=int, default=3, help="timed runs; the best is kept")
+    ap.add_argument("--cases", type=Path, default=HERE / "bench_cases.json")
+    ap.add_argument("--size", choices=("tiny", "real", "all"), default="all")
     ap.add_argument("--modality", action="append", help="only these modalities (repeatable)")
-    ap.add_argument("--json", type=Path, default=Path("benchmarks/results/encoders.json"))
+    ap.add_argument("--encoder", action="append", help="only cases of these encoders (repeatable)")
+    ap.add_argument("--passes", type=int, default=5, help="timed passes per case, interleaved (median reported)")
+    ap.add_argument("--items", type=int, default=32, help="items per case unless the case sets its own")
+    ap.add_argument("--batch", type=int, default=8, help="batch size unless the case sets its own")
+    ap.add_argument("--quick", action="store_true", help="tiny cases, 2 passes, 8 items: a quick check")
+    ap.add_argument("--json", type=Path, default=HERE / "results" / "encoders.json")
     args = ap.parse_args()
 
-    h = Hub()
-    rows = []
-    jobs = [(m, e) for m in h.modalities() if not args.modality or m in args.modality for e in h.encoders(modality=m)]
-    for modality, name in tqdm(jobs, desc="encoders", unit="encoder"):
-        mod = h.registry.modality(modality)
-        if mod.sample is None:
-            continue
-        try:
-            enc = h.encoder(name)
-        except (WeightsNotFoundError, InvalidOptionsError):  # weights not here, or a generic loader needing weights=
-            continue
-        items = [mod.sample() for _ in range(args.items)]
-        h.embed(items[: args.batch], encoder=name, batch_size=args.batch)  # warm-up
-        best = float("inf")
-        for _ in range(args.repeats):
-            start = time.perf_counter()
-            te = h.embed(items, encoder=name, batch_size=args.batch)
-            best = min(best, time.perf_counter() - start)
-        rows.append({
-            "modality": modality, "encoder": name, "pretrained": enc.pretrained,
-            "params": sum(p.numel() for p in enc.parameters()), "tokens_per_item": int(te.lengths[0]),
-            "dim": te.dim, "items_per_s": args.items / best, "ms_per_item": 1000 * best / args.items,
-        })
-    header = f"{'modality':<8} {'encoder':<18} {'trained':<7} {'params':>10} {'tokens':>6} {'dim':>5} {'items/s':>9} {'ms/item':>8}"
-    print(header)
-    print("-" * len(header))
-    for r in rows:
-        print(f"{r['modality']:<8} {r['encoder']:<18} {('yes' if r['pretrained'] else 'no'):<7} {r['params']:>10,} "
-              f"{r['tokens_per_item']:>6} {r['dim']:>5} {r['items_per_s']:>9.1f} {r['ms_per_item']:>8.2f}")
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    meta = {"batch": args.batch, "items": args.items, "torch": torch.__version__, "threads": torch.get_num_threads(),
-            "machine": platform.platform(), "cpu": platform.processor() or platform.machine()}
-    args.json.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
+    cases = load_cases(args.cases)
+    size = "tiny" if args.quick else args.size
+    cases = [c for c in cases if size == "all" or c.size == size]
+    cases = [c for c in cases if not args.modality or c.modality in args.modality]
+    cases = [c for c in cases if not args.encoder or c.encoder in args.encoder]
+    passes, items = (2, 8) if args.quick else (args.passes, args.items)
+    run(cases=cases, hub=Hub(), repeats=passes, items=items, batch_size=args.batch, json_path=args.json)
     print(f"wrote {args.json}")
 
 
