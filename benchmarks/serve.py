@@ -15,7 +15,9 @@ Every server runs in its own process on a free port and is always stopped.
      (c) infinity-emb serving the same model directory, started from ``--infinity-python`` (a
          separate venv) with ``HF_HUB_OFFLINE=1``.  When it is missing or cannot start, the output says
          exactly why and the comparison is with in-process ``Hub.embed`` on the same texts instead
-         (always measured: ``hub-embed`` row).
+         (always measured: ``hub-embed`` row),
+     (d) ``mhub serve --runtime onnx`` (ONNX Runtime, its default threads; ``--no-onnx`` skips it);
+   and in-process ``Hub.embed`` items/s by ``batch_size`` (1/8/32/64/256): what batching can gain at most.
 2. **2x overload**: open-loop arrivals at twice (a)'s 32-client request rate against a server whose
    queue holds what 32 clients keep in flight (``--max-queue-items 256``): latency of the 429
    rejections, and p99 of the accepted requests vs (a)'s p99 at 32 clients.
@@ -235,6 +237,28 @@ def hub_embed_rate(counts: dict[int, int], threads: int = 0) -> dict[str, Any]:
             "p50_ms": None, "p99_ms": None, "errors": {}, "seconds": wall}
 
 
+def batch_size_sweep(n_texts: int = 512, sizes: tuple[int, ...] = (1, 8, 32, 64, 256), repeats: int = 3,
+                     threads: int = 0) -> dict[int, float]:
+    """In-process ``Hub.embed`` items/s by ``batch_size`` on the same texts (median of interleaved repeats):
+    the most dynamic batching can gain over batches of one request (8 texts) on this machine."""
+    import torch
+
+    from hub import Hub
+
+    if threads:
+        torch.set_num_threads(threads)
+    texts = sentences(n_texts, 5)
+    h = Hub()
+    h.embed(texts[:64], encoder=TEXT_MODEL, progress=False)
+    rates: dict[int, list[float]] = {b: [] for b in sizes}
+    for _ in range(repeats):
+        for b in sizes:
+            start = time.perf_counter()
+            h.embed(texts, encoder=TEXT_MODEL, progress=False, batch_size=b)
+            rates[b].append(n_texts / (time.perf_counter() - start))
+    return {b: float(np.median(v)) for b, v in rates.items()}
+
+
 # -- mixed modalities for the RSS check ------------------------------------------------------------
 def mixed_bodies(n: int) -> list[dict]:
     import networkx as nx
@@ -296,6 +320,8 @@ def main() -> None:
     ap.add_argument("--torch-threads", type=int, default=1,
                     help="mhub serve --torch-threads and the in-process baseline's threads (0: PyTorch's default); "
                          "on a shared machine 1 avoids waits for descheduled OpenMP threads")
+    ap.add_argument("--no-onnx", action="store_true", help="skip the `mhub serve --runtime onnx` row")
+    ap.add_argument("--skip-rss", action="store_true", help="skip the RSS drift check")
     ap.add_argument("--json", type=Path, default=Path("benchmarks/results/serve.json"))
     # -- chat (issue 13): benchmarks/serve_chat.py --
     ap.add_argument("--chat", action="store_true", help="instead: chat TTFT and tokens/s at 1/4/16 clients on the tiny "
@@ -325,6 +351,8 @@ def main() -> None:
     try:  # every system is up at once and the levels interleave them, so each sees the same background load
         servers["mhub-serve"] = mhub("mhub-serve", (TEXT_MODEL,))
         servers["mhub-serve --no-batching"] = mhub("no-batching", (TEXT_MODEL,), "--no-batching")
+        if not args.no_onnx:  # exported to the hub's cache on first use (minutes once), then served by ONNX Runtime
+            servers["mhub-serve --runtime onnx"] = mhub("onnx", (TEXT_MODEL,), "--runtime", "onnx")
         if not Path(args.infinity_python).exists():
             infinity_note = (f"infinity-emb not measured: {args.infinity_python} does not exist (create a venv and "
                              "pip install 'infinity-emb[server,torch]', see the docstring)")
@@ -342,6 +370,8 @@ def main() -> None:
                 rows.append({"system": name, **row})
             if clients == 32:
                 rows.append(hub_embed_rate(counts, args.torch_threads))
+        out["hub_embed_items_per_s_by_batch_size"] = batch_size_sweep(256 if args.quick else 320,
+                                                                      threads=args.torch_threads)
     finally:
         for server in servers.values():
             server.stop()
@@ -359,7 +389,7 @@ def main() -> None:
         out["overload"] = asyncio.run(open_loop(server.url, text_bodies(n, 1000), rate, "2x overload"))
     finally:
         server.stop()
-    out["rss"] = rss_drift(rss_n)
+    out["rss"] = None if args.skip_rss else rss_drift(rss_n)
 
     # -- table ------------------------------------------------------------------------------
     print(f"\nMiniLM-L6 text, {PER_REQUEST} texts per request, {os.cpu_count()} CPUs (load average at start "
@@ -371,12 +401,15 @@ def main() -> None:
               f"{fmt(r['p99_ms']):>8}  {r['errors'] or ''}")
     if infinity_note:
         print(infinity_note)
+    sweep = out["hub_embed_items_per_s_by_batch_size"]
+    print("in-process Hub.embed items/s by batch_size (median of 3): " + ", ".join(f"{b}: {r:.1f}" for b, r in sweep.items())
+          + f"  -> batch 32 / batch 8 = {sweep[32] / sweep[8]:.2f}x (the most batching can gain over one 8-text request)")
     o = out["overload"]
     print(f"\n2x overload ({o['offered_req_per_s']:.1f} req/s offered, queue 256 items): accepted {o['accepted']}, "
           f"429 {o['rejected_429']}, other {o['other']}; 429 latency p50 {fmt(o['reject_p50_ms'])} ms, "
           f"p99 {fmt(o['reject_p99_ms'])} ms; accepted p99 {fmt(o['accepted_p99_ms'])} ms "
           f"(vs {a32['p99_ms']:.1f} ms at 32 clients)")
-    s = out["rss"]
+    s = out["rss"] or {"requests": 0, "rss_after_warmup_mb": 0.0, "rss_end_mb": 0.0, "drift": 0.0, "errors": "skipped"}
     print(f"RSS over {s['requests']} mixed requests (5 modalities): {s['rss_after_warmup_mb']:.0f} MB after warm-up -> "
           f"{s['rss_end_mb']:.0f} MB at the end ({100 * s['drift']:+.1f}%), errors {s['errors'] or 'none'}")
 
@@ -395,7 +428,8 @@ def main() -> None:
         targets.append(("2x overload: 429 p99 (ms)", o["reject_p99_ms"], 50.0, "<="))
     if o["accepted_p99_ms"] is not None:
         targets.append(("2x overload: accepted p99 / p99 at 32 clients", o["accepted_p99_ms"] / a32["p99_ms"], 1.0, "<="))
-    targets.append(("RSS drift over mixed requests", abs(s["drift"]), 0.10, "<="))
+    if out["rss"]:
+        targets.append(("RSS drift over mixed requests", abs(s["drift"]), 0.10, "<="))
     print("\ntarget                                            value   goal   ")
     out["targets"] = []
     for what, value, goal, op in targets:

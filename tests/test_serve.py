@@ -74,6 +74,7 @@ class Proxy:
 
 @contextmanager
 def running(models, **config):
+    config.setdefault("batch_threads", 1)  # deterministic batching whatever the machine's cores
     with BackgroundServer(create_app(models, ServeConfig(**config))) as server:
         yield server
 
@@ -613,3 +614,62 @@ def test_served_items_come_from_the_embedding_cache(hub, tmp_path):
             encoder.forward = original
     assert np.array_equal(again[::-1], first)
     np.testing.assert_allclose(first, reference(hub, texts, "tiny-bert"), atol=1e-5)
+
+
+@pytest.mark.slow
+def test_onnx_runtime_serving_equals_hub_embed_onnx(tmp_path, data):
+    """mhub serve --runtime onnx: the encoder is exported to the hub's cache on first use and served from ONNX
+    Runtime; a real server's vectors equal Hub.embed(runtime="onnx") within 1e-5 (and torch's within 1e-4)."""
+    pytest.importorskip("onnxruntime")
+    from hub import Hub
+    from hub.serve import load_models
+
+    h = Hub(cache_dir=tmp_path)
+    models = load_models(["tiny-bert=tb"], hub=h, runtime="onnx")
+    assert [(m.alias, m.modality, m.runtime) for m in models] == [("tb", "text", "onnx")]
+    texts = data["texts"] + ["x" * 40, "a much longer sentence that pads the others in its batch"]
+    ref = h.embed(texts, encoder="tiny-bert", runtime="onnx").pooled(normalize=True).numpy()
+    with BackgroundServer(create_app(models)) as s:
+        card = httpx.get(f"{s.url}/v1/models").json()["data"][0]
+        assert (card["id"], card["runtime"]) == ("tb", "onnx")
+        for form in (texts, [{"type": "text", "text": t} for t in texts]):
+            got = vectors(post(s, {"model": "tb", "input": form}))
+            assert got.shape == ref.shape and np.abs(got - ref).max() < TOL
+        singles = np.concatenate([vectors(post(s, {"model": "tb", "input": t})) for t in texts[:2]])
+        assert np.abs(singles - ref[:2]).max() < TOL  # batch of one, other padding: same vectors
+    torch_ref = h.embed(texts, encoder="tiny-bert").pooled(normalize=True).numpy()
+    assert np.abs(got - torch_ref).max() < 1e-4
+
+
+def test_two_batch_threads_run_batches_side_by_side(encoders, hub, data):
+    """batch_threads=2: one batch hangs, the other thread still serves (vectors equal Hub.embed), and the
+    stuck batch alone turns ready false even though the other thread keeps beating."""
+    gate, started = threading.Event(), threading.Event()
+
+    class FirstHangs(Proxy):
+        calls = 0
+
+        def __call__(self, **tensors):
+            FirstHangs.calls += 1
+            if FirstHangs.calls == 1:
+                return super().__call__(**tensors)  # started.set(), then blocks on the gate
+            return self._enc(**tensors)
+
+    with running({"m": FirstHangs(encoders["minilm-l6"], gate=gate, started=started)}, batch_threads=2,
+                 heartbeat_interval_s=0.05, heartbeat_timeout_s=1.0) as s:
+        try:
+            out = {}
+            t = threading.Thread(target=lambda: out.setdefault("r", post(s, {"model": "m", "input": "stuck"})))
+            t.start()
+            assert started.wait(30)
+            got = vectors(post(s, {"model": "m", "input": data["texts"]}))  # served by the other thread
+            assert np.abs(got - reference(hub, data["texts"], "minilm-l6")).max() < TOL
+            deadline = time.monotonic() + 10
+            while (r := httpx.get(f"{s.url}/health/ready")).status_code == 200:
+                assert time.monotonic() < deadline, "ready stayed true while one batch thread hung"
+                time.sleep(0.05)
+            assert r.json()["models"]["m"]["alive"] is False
+        finally:
+            gate.set()
+        t.join(60)
+        assert out["r"].status_code == 200

@@ -9,24 +9,31 @@ running).  The worker coroutine cuts batches from the queue in arrival order:
 
 * everything queued is taken at once, its items sorted by length (less padding), then cut by a
   **cost budget**: ``items x longest item's length <= max_batch_cost`` (padding counts), and at
-  most ``max_batch_items`` items; a request may be split across batches;
+  most ``max_batch_items`` items; a request may be split across batches (``max_batch_cost=0``:
+  2048 on CPU, where a batch of 256 short texts runs at half the items/s of a batch of 32 because
+  its activations leave the cache, and 16384 on a GPU);
 * after a **short wait** (``max_wait_ms``) for more items, but only while other requests for
   this encoder are still being prepared: with nothing on the way, a batch runs at once;
 * with batching off, each batch holds one request's items.
 
-Batches run in a dedicated thread (``collate`` + ``forward`` under ``inference_mode``), off
-the event loop.  If a batch that holds several requests fails, each request's items are run
-again on their own so only the request at fault fails.
+Batches run in dedicated threads (``collate`` + ``forward`` under ``inference_mode``), off
+the event loop: ``batch_threads`` of them run batches at the same time (default: 1, except on
+CPU with one PyTorch intra-op thread, ``--torch-threads 1``: one per core, at most 4, so two
+single-threaded batches run side by side on 2 cores instead of one).  If a batch that holds
+several requests fails, each request's items are run again on their own so only the request at
+fault fails.
 
-**Heartbeat**: the thread stamps ``last_beat`` when a batch starts and ends, and an idle
-worker sends it a no-op every ``heartbeat_interval_s``; a worker silent for longer than
-``heartbeat_timeout_s`` (stuck in a batch) is not :meth:`alive`.
+**Heartbeat**: a thread stamps ``last_beat`` when a batch starts and ends, and an idle
+worker sends a no-op every ``heartbeat_interval_s``; a worker silent for longer than
+``heartbeat_timeout_s``, or with a batch running for longer than that (stuck), is not :meth:`alive`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import math
+import os
+import threading
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
@@ -39,7 +46,16 @@ from .config import ServeConfig
 from .errors import ApiError
 from .metrics import Metrics
 
-__all__ = ["Batcher", "ItemResult"]
+__all__ = ["Batcher", "ItemResult", "batch_threads_for"]
+
+
+def batch_threads_for(on_gpu: bool) -> int:
+    """Batch threads by default: 1 on a GPU, or when PyTorch runs several intra-op threads (its default:
+    one per core); with one intra-op thread (``--torch-threads 1``), one batch per core, at most 4."""
+    if on_gpu or torch.get_num_threads() > 1:
+        return 1
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(4, cores))
 
 
 @dataclass
@@ -71,11 +87,15 @@ class Batcher:
         self.incoming = 0  # requests for this encoder being prepared (they are about to be submitted)
         self._wake: asyncio.Event | None = None
         self._task: asyncio.Task | None = None
-        self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"mhub-batch-{name}")
+        on_gpu = str(getattr(encoder, "device", "cpu")).startswith("cuda")
+        self.threads = config.batch_threads or batch_threads_for(on_gpu)
+        self._executor = ThreadPoolExecutor(self.threads, thread_name_prefix=f"mhub-batch-{name}")
+        self._running: dict[int, float] = {}  # worker thread -> when its batch started
+        self._tasks: set[asyncio.Task] = set()
         self.last_beat = time.monotonic()
-        self.busy_since: float | None = None
         self.warm = False
         self._rate = 0.0  # items/s, exponential moving average over batches
+        self.max_cost = config.max_batch_cost or (16384 if on_gpu else 2048)
         self.cache = None
         if config.cache:  # items already embedded (by this server, Hub.embed or embed-dataset) never run again
             from ..cache import open_cache
@@ -90,7 +110,14 @@ class Batcher:
         self.warm = not warm_up
         self._task = asyncio.get_running_loop().create_task(self._loop(warm_up), name=f"mhub-batcher-{self.name}")
 
+    @property
+    def busy_since(self) -> float | None:
+        """When the oldest batch still running started (None: idle)."""
+        return min(self._running.values(), default=None)
+
     async def stop(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
         if self._task is not None:
             self._task.cancel()
             try:
@@ -107,7 +134,10 @@ class Batcher:
         """The worker answered its heartbeat within ``heartbeat_timeout_s`` (and its loop runs)."""
         if self._task is None or self._task.done() or not self.warm:
             return False
-        return time.monotonic() - self.last_beat < self.cfg.heartbeat_timeout_s
+        now, since = time.monotonic(), self.busy_since
+        if since is not None and now - since >= self.cfg.heartbeat_timeout_s:
+            return False  # a batch is stuck (other threads may still beat)
+        return now - self.last_beat < self.cfg.heartbeat_timeout_s
 
     # -- submitting ----------------------------------------------------------------------------
     def retry_after(self, extra: int = 0) -> int:
@@ -163,21 +193,36 @@ class Batcher:
                 await loop.run_in_executor(self._executor, self._warm_up, warm_up)
             finally:
                 self.warm = True
+        slots = asyncio.Semaphore(self.threads)  # one per batch thread
+        pending: deque[list[tuple[_Job, int]]] = deque()  # batches cut but not started
         while True:
-            if not self._jobs:
-                if not await self._wait(self.cfg.heartbeat_interval_s):
-                    await loop.run_in_executor(self._executor, self._beat)
-                continue
-            if self.cfg.batching and self.cfg.max_wait_ms > 0:
-                deadline = loop.time() + self.cfg.max_wait_ms / 1000
-                while self.incoming > 0 and not self._full() and (left := deadline - loop.time()) > 0:
-                    await self._wait(left)
-            for batch in self._take():
-                try:
-                    await self._execute(batch)
-                except Exception as exc:  # noqa: BLE001 - a bug here must fail requests, not stop the worker
-                    for job in dict.fromkeys(job for job, _ in batch):
-                        self._fail(job, exc)
+            await slots.acquire()  # a batch thread is free
+            try:
+                while not pending:
+                    if not self._jobs:
+                        if not await self._wait(self.cfg.heartbeat_interval_s):
+                            await loop.run_in_executor(self._executor, self._beat)
+                        continue
+                    if self.cfg.batching and self.cfg.max_wait_ms > 0:
+                        deadline = loop.time() + self.cfg.max_wait_ms / 1000
+                        while self.incoming > 0 and not self._full() and (left := deadline - loop.time()) > 0:
+                            await self._wait(left)
+                    pending.extend(self._take())
+            except BaseException:
+                slots.release()
+                raise
+            task = loop.create_task(self._guarded(pending.popleft(), slots))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _guarded(self, batch: list[tuple[_Job, int]], slots: asyncio.Semaphore) -> None:
+        try:
+            await self._execute(batch)
+        except Exception as exc:  # noqa: BLE001 - a bug here must fail requests, not stop the worker
+            for job in dict.fromkeys(job for job, _ in batch):
+                self._fail(job, exc)
+        finally:
+            slots.release()
 
     async def _execute(self, batch: list[tuple[_Job, int]]) -> None:
         loop = asyncio.get_running_loop()
@@ -223,7 +268,7 @@ class Batcher:
         cfg = self.cfg
         for job, i in items:
             length = int(job.lengths[i])  # sorted: the longest so far
-            if batch and (len(batch) >= cfg.max_batch_items or (len(batch) + 1) * length > cfg.max_batch_cost):
+            if batch and (len(batch) >= cfg.max_batch_items or (len(batch) + 1) * length > self.max_cost):
                 batches.append(batch)
                 batch = []
             batch.append((job, i))
@@ -254,7 +299,9 @@ class Batcher:
     def _run(self, batch: list[tuple[_Job, int]], use_cache: bool = True) -> tuple[torch.Tensor, list[torch.Tensor | None]]:
         """In the worker thread: collate + forward (only of the items the cache misses, with one); the pooled
         rows and the tokens wanted."""
-        start = self.last_beat = self.busy_since = time.monotonic()
+        start = self.last_beat = time.monotonic()
+        me = threading.get_ident()
+        self._running[me] = start
         try:
             enc = self.encoder
             device = getattr(enc, "device", None)
@@ -281,10 +328,10 @@ class Batcher:
             return pooled, tokens
         finally:
             now = self.last_beat = time.monotonic()
-            self.busy_since = None
+            self._running.pop(me, None)
             took = max(now - start, 1e-6)
             self.metrics.batch_seconds.labels(self.name).observe(took)
-            rate = len(batch) / took
+            rate = self.threads * len(batch) / took
             self._rate = rate if self._rate == 0 else 0.8 * self._rate + 0.2 * rate
 
     def _deliver(self, batch: list[tuple[_Job, int]], out: tuple[torch.Tensor, list[torch.Tensor | None]]) -> None:

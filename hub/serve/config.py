@@ -30,7 +30,8 @@ class ServeConfig(BaseModel):
     max_points: int = Field(2_000_000, ge=1, description="points (or mesh vertices) per 3D item")
 
     # -- batching ----------------------------------------------------------------------------
-    max_batch_cost: int = Field(16384, ge=1, description="a batch's cost: items x the longest item's token count")
+    max_batch_cost: int = Field(0, ge=0, description="a batch's cost: items x the longest item's token count; 0: "
+                                "2048 on CPU (bigger batches run slower per item there), 16384 on a GPU")
     max_batch_items: int = Field(256, ge=1, description="items per executed batch")
     max_wait_ms: float = Field(5.0, ge=0, description="how long a batch waits for more items once it has one")
     max_queue_items: int = Field(4096, ge=1, description="items waiting per encoder; above it requests get 429")
@@ -38,6 +39,8 @@ class ServeConfig(BaseModel):
     cache: str | None = Field(None, description="embedding cache file (hub.cache): items already embedded are not run "
                                                 "again; None: off")
     prepare_threads: int = Field(1, ge=1, description="threads per encoder that decode and preprocess items")
+    batch_threads: int = Field(0, ge=0, le=64, description="batches run at the same time per encoder; 0: one per core "
+                                                           "(at most 4) on CPU with one torch thread, else 1")
 
     # -- health, shutdown, auth ------------------------------------------------------------
     heartbeat_interval_s: float = Field(1.0, gt=0, description="how often an idle worker answers its heartbeat")
