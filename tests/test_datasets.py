@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import time
 import sys
 from pathlib import Path
 
@@ -326,3 +327,31 @@ def test_ray_actor_crash_still_writes_every_id_once(ray_session, tmp_path, hub, 
     (t,) = load(tmp_path / "out").values()
     assert sorted(t["id"].to_pylist()) == sorted(f"c{i}" for i in range(n))
     assert not list((tmp_path / "out").rglob(".part-*.tmp"))
+
+
+@pytest.mark.slow
+def test_ray_poison_row_becomes_an_error_row(ray_session, tmp_path, hub, monkeypatch):
+    """A row that kills its actor every time: its batch is retried once (not forever), its rows then run one by
+    one, and the poison row alone ends up as an error row; every other id has its vector, each exactly once."""
+    from hub.datasets._fault import ENV_POISON
+
+    n = 12
+    src = tmp_path / "p.jsonl"
+    src.write_text("".join(json.dumps({"id": f"p{i}", "text": f"poison test row {i}"}) + "\n" for i in range(n)))
+    monkeypatch.setenv(ENV_POISON, "p5")
+    start = time.monotonic()
+    s = embed_dataset(src, tmp_path / "out", encoder="minilm-l6", engine="ray", workers=1, batch_size=4, hub=hub,
+                      progress=False, lance=False)
+    assert time.monotonic() - start < 240  # bounded: no endless retry
+    assert s.complete and s.rows_in_dest == n and s.errors_in_dest == 1
+    # the poison batch, and any batch queued on the actor when it died, were isolated row by row
+    assert 4 <= s.details["rows_isolated"] <= n and s.details["rows_killed_worker"] == 1
+    (t,) = load(tmp_path / "out").values()
+    rows = {r["id"]: r for r in t.to_pylist()}
+    assert sorted(rows) == sorted(f"p{i}" for i in range(n))
+    assert "killed its Ray worker" in rows["p5"]["error"] and rows["p5"]["embedding"] is None
+    ref = hub.embed([f"poison test row {i}" for i in range(n)], encoder="minilm-l6").pooled().numpy()
+    for i in range(n):
+        if i != 5:
+            assert rows[f"p{i}"]["error"] is None
+            np.testing.assert_allclose(np.asarray(rows[f"p{i}"]["embedding"], np.float32), ref[i], atol=1e-5)

@@ -191,7 +191,7 @@ def embed_dataset(
         stats = run_ray(src, dest, config, batch_size=batch_size, model_batch_size=model_batch_size,
                         workers=workers, skip=skip if len(skip) else None, total=todo - len(extra or ()),
                         progress=show, fault=fault, num_cpus=num_cpus, num_gpus=num_gpus, address=address,
-                        cache=cache, plugins=plugins_for(hub, config), installed=hub.modalities())
+                        cache=cache, plugins=plugins_for(hub, config), installed=hub.modalities(), all_ids=ids)
         if extra is not None and len(extra):  # each duplicated id's first row, embedded here
             for rows in batches(_NoRows(), batch_size, None, extra):
                 w, e = write_tables(dest, embedder.embed(rows), Fault(None, dest))

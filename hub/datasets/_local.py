@@ -1,8 +1,10 @@
-"""The local engine: one process that streams the source through the encoders in bounded batches."""
+"""The local engine: one process that streams the source through the encoders in bounded batches
+(reading and embedding in the main thread, writing part files in a background thread)."""
 
 from __future__ import annotations
 
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Iterator
 
@@ -49,15 +51,29 @@ def write_tables(dest: Path, tables: dict[str, pa.Table], fault: Fault) -> tuple
 
 def run_local(source: Source, dest: Path, embedder: BatchEmbedder, *, batch_size: int, skip: pa.Array | None,
               extra: Rows | None, total: int, progress: bool, fault: Fault) -> dict[str, float]:
-    """Embed every row of ``source`` not in ``skip`` (plus ``extra``) into DEST; returns counts and seconds."""
+    """Embed every row of ``source`` not in ``skip`` (plus ``extra``) into DEST; returns counts and seconds.
+
+    Part files are written by one background thread while the model runs on the next batch (Parquet
+    encoding releases the GIL); at most one batch waits to be written, so memory stays bounded."""
     start = time.perf_counter()
     written = errors = 0
-    with tqdm(total=total, unit="row", desc="embed-dataset (local)", disable=not progress, smoothing=0.1) as bar:
-        for rows in batches(source, batch_size, skip, extra):
-            w, e = write_tables(dest, embedder.embed(rows), fault)
-            written += w
-            errors += e
-            bar.update(len(rows))
+    pending: tuple[Future, int] | None = None
+    with tqdm(total=total, unit="row", desc="embed-dataset (local)", disable=not progress, smoothing=0.1) as bar, \
+            ThreadPoolExecutor(1, thread_name_prefix="embed-dataset-write") as writer:
+
+        def collect(future: Future, n: int) -> None:
+            nonlocal written, errors
+            w, e = future.result()  # a failed write stops the run here
+            written, errors = written + w, errors + e
+            bar.update(n)
             if e:
                 bar.set_postfix(errors=errors, refresh=False)
+
+        for rows in batches(source, batch_size, skip, extra):
+            tables = embedder.embed(rows)
+            if pending is not None:
+                collect(*pending)
+            pending = (writer.submit(write_tables, dest, tables, fault), len(rows))
+        if pending is not None:
+            collect(*pending)
     return {"written": written, "errors": errors, "seconds": time.perf_counter() - start}

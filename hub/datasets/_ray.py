@@ -4,10 +4,17 @@
 its encoders once, use a fraction of a CPU (so reading still gets slots on a
 small machine) or a GPU when they have one, and write their batches' part files
 themselves (temporary name, then rename) into DEST, which every node must reach.
-A batch whose actor dies is retried on a restarted actor (Ray Data's actor pools
-restart actors and retry their tasks by default); its part files have deterministic names, so a retry
-replaces rather than duplicates.  Works with a local ``ray.init()`` and with a
-cluster (``ray.init(address=...)`` or ``RAY_ADDRESS``).
+
+A dead actor is restarted (``max_restarts=-1``) and the batch it was running is
+retried **once** on it (``max_task_retries=1``; Ray Data's default, -1, would retry a
+poison item forever).  Part files have deterministic names, so a retry replaces
+rather than duplicates.  A batch that kills its actor twice does not stop the run
+(``DataContext.max_errored_blocks=-1`` while it runs); when the pipeline is done, the
+source ids missing from DEST run again one row at a time on a separate actor without
+restarts, and a row that kills it is written as an ``error`` row (after
+``MAX_KILLED`` such rows, the rest are recorded without running: a systemic
+crash); every id ends up in DEST exactly once, and nothing is retried without bound.  Works with a local
+``ray.init()`` and with a cluster (``ray.init(address=...)`` or ``RAY_ADDRESS``).
 """
 
 from __future__ import annotations
@@ -16,6 +23,7 @@ import inspect
 import logging
 import os
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -26,12 +34,22 @@ from tqdm.auto import tqdm
 from .._registry import ENV_PLUGINS
 from ..errors import InvalidInputError, InvalidOptionsError
 from ._config import RunConfig
+from ._fault import Fault, poison_setting
 from ._sources import FileSource, Rows, Source, TableSource, as_id
 
 __all__ = ["run_ray", "RayEmbedder", "actor_resources"]
 
 #: CPUs requested by each read task (reading is I/O; the actors hold the compute).
 READ_CPUS = 0.1
+#: retries of a batch whose actor died (on the restarted actor); then its rows run one by one
+TASK_RETRIES = 1
+#: rows that killed their actor when run alone; past this, the remaining rows are not run again
+MAX_KILLED = 8
+KILLED = ("the row killed its Ray worker process: its batch died twice (retried once), then the row alone "
+          "died again; it crashes the encoder's process (a native library, out of memory...) and is not retried")
+SYSTEMIC = (f"the row's batch killed its Ray worker twice (retried once) and was not run again alone: {MAX_KILLED} "
+            "rows of this run already killed their worker on their own, so the crash looks systemic (see the "
+            "actors' logs in Ray's dashboard); fix it and rerun with resume to embed these rows")
 
 
 def actor_resources(workers: int, num_cpus: float | None, num_gpus: float | None) -> tuple[float, float]:
@@ -59,7 +77,8 @@ class RayEmbedder:
     def __init__(self, *, config: dict[str, Any], dest: str, kind: str, id_column: str, column: str,
                  modality_column: str | None, base: str | None, root: str | None, skip: Any,
                  fault: tuple[int, str] | None, model_batch_size: int, threads: int, cache: Any = None,
-                 plugins: list[str] | None = None, installed: list[str] | None = None) -> None:
+                 plugins: list[str] | None = None, installed: list[str] | None = None,
+                 poison: str | None = None) -> None:
         if plugins and ENV_PLUGINS not in os.environ:  # load only the plugins this run needs (faster start)
             os.environ[ENV_PLUGINS] = ",".join(plugins)
         import ray
@@ -68,8 +87,6 @@ class RayEmbedder:
         from .._hub import Hub
         from ._config import weights_hash
         from ._embed import BatchEmbedder
-        from ._fault import Fault
-
         torch.set_num_threads(max(1, threads))
         gpu = bool(ray.get_gpu_ids()) and torch.cuda.is_available()
         self.device = "cuda" if gpu else "cpu"
@@ -90,6 +107,7 @@ class RayEmbedder:
         self.base, self.root = base, (Path(root) if root else None)
         self.skip = ray.get(skip) if isinstance(skip, ray.ObjectRef) else skip
         self.fault = Fault(fault, self.dest, how="exit")
+        self.poison = poison
         self.extensions = self.embedder.extensions
         self.bytes_ok: dict[str, bool] = {}
 
@@ -123,6 +141,13 @@ class RayEmbedder:
             bases = [str(Path(p).parent) for p in batch.column("path").to_pylist()]
         return Rows(ids, batch.column(self.column).to_pylist(), mods, bases)
 
+    def embed_rows(self, rows: Rows) -> tuple[int, int]:
+        """Embed and write rows read by the driver (the isolation pass); returns (rows, errors)."""
+        from ._local import write_tables
+
+        Fault.poison(rows.ids, self.poison)
+        return write_tables(self.dest, self.embedder.embed(rows), self.fault)
+
     def __call__(self, batch: pa.Table) -> pa.Table:
         from ._local import write_tables
 
@@ -134,6 +159,7 @@ class RayEmbedder:
             skipped = len(rows) - len(keep)
             rows = rows.take(keep)
         written = errors = 0
+        Fault.poison(rows.ids, self.poison)
         if len(rows):
             written, errors = write_tables(self.dest, self.embedder.embed(rows), self.fault)
         return pa.table({"rows": [written], "errors": [errors], "skipped": [skipped], "device": [self.device]})
@@ -176,12 +202,78 @@ def _read(source: Source, skip: pa.Array | None, read_cpus: float, blocks: int):
     return ds, base
 
 
+def _missing(all_ids: pa.Array, dest: Path, skip: pa.Array | None) -> pa.Array:
+    """Source ids neither in DEST nor skipped (rows of batches that failed)."""
+    from ._store import done_ids
+
+    gone = done_ids(dest)
+    if skip is not None and len(skip):
+        gone = pa.concat_arrays([gone, skip])
+    return pc.filter(all_ids, pc.invert(pc.is_in(all_ids, value_set=gone))) if len(gone) else all_ids
+
+
+def _isolate(source: Source, all_ids: pa.Array, missing: pa.Array, dest: Path, config: RunConfig,
+             kwargs: dict[str, Any], cpus: float, gpus: float, progress: bool) -> tuple[int, int, int]:
+    """Rows of batches that killed their actor twice, one at a time on an actor without restarts (the driver
+    reads them); a row that kills it is written as an error row and the next row gets a fresh actor.
+    Returns (rows written, errors, rows that killed their actor)."""
+    import ray
+
+    from ._local import batches
+
+    spawn = ray.remote(RayEmbedder).options(num_cpus=cpus, num_gpus=gpus or None, max_restarts=0,
+                                            max_task_retries=0).remote
+    dead = tuple(getattr(ray.exceptions, n) for n in ("RayActorError", "ActorUnavailableError")
+                 if hasattr(ray.exceptions, n))
+    others = pc.filter(all_ids, pc.invert(pc.is_in(all_ids, value_set=missing)))
+    actor, written, errors, killed = None, 0, 0, []
+    with tqdm(total=len(missing), unit="row", desc="embed-dataset (ray, rows of failed batches, one at a time)",
+              disable=not progress) as bar:
+        for rows in batches(source, 1, others if len(others) else None):
+            if len(killed) >= MAX_KILLED:
+                w = _killed_rows(dest, config, rows.ids, SYSTEMIC)
+                written, errors = written + w, errors + w
+            else:
+                actor = actor or spawn(**kwargs)
+                try:
+                    w, e = ray.get(actor.embed_rows.remote(rows))
+                    written, errors = written + w, errors + e
+                except dead:
+                    ray.kill(actor, no_restart=True)
+                    actor = None
+                    killed += rows.ids
+                    w = _killed_rows(dest, config, rows.ids, KILLED)
+                    written, errors = written + w, errors + w
+            bar.update(len(rows))
+    if actor is not None:
+        ray.kill(actor, no_restart=True)
+    return written, errors, len(killed)
+
+
+def _killed_rows(dest: Path, config: RunConfig, ids: list[str], reason: str) -> int:
+    """Write ``ids`` as error rows (no vector): in the run's one space, or ``unrouted`` with several encoders."""
+    from ._config import package_versions
+    from ._store import UNROUTED, schema_for, write_part
+
+    route = next(iter(config.routes.values())) if len(config.routes) == 1 else None
+    schema = schema_for(route, config, package_versions())
+    cols = {"id": pa.array(ids, pa.string()), "modality": pa.array([route.modality if route else None] * len(ids),
+                                                                   pa.string()),
+            "error": pa.array([reason] * len(ids), pa.string())}
+    table = pa.table({f.name: cols.get(f.name, pa.nulls(len(ids), f.type)) for f in schema}, schema=schema)
+    write_part(dest, route.space if route else UNROUTED, table)
+    return len(ids)
+
+
 def run_ray(source: Source, dest: Path, config: RunConfig, *, batch_size: int, model_batch_size: int, workers: int,
             skip: pa.Array | None, total: int, progress: bool, fault: tuple[int, str] | None,
             num_cpus: float | None = None, num_gpus: float | None = None, address: str | None = None,
-            cache: Any = None, plugins: list[str] | None = None, installed: list[str] | None = None
-            ) -> dict[str, Any]:
-    """Embed ``source`` into DEST on Ray Data; returns counts, seconds and the actors' devices."""
+            cache: Any = None, plugins: list[str] | None = None, installed: list[str] | None = None,
+            all_ids: pa.Array | None = None) -> dict[str, Any]:
+    """Embed ``source`` into DEST on Ray Data; returns counts, seconds and the actors' devices.
+
+    ``all_ids`` (the source's ids): after the pipeline, ids still missing from DEST (their batch killed
+    its actor twice) run one row per task, and rows that kill their actor again become error rows."""
     try:
         import ray
         import ray.data  # noqa: F401
@@ -195,32 +287,37 @@ def run_ray(source: Source, dest: Path, config: RunConfig, *, batch_size: int, m
         ray.init(**kwargs, log_to_driver=False, configure_logging=False)
         started = True
     start = time.perf_counter()
+    ctx = ray.data.DataContext.get_current()
+    saved = (ctx.enable_progress_bars, ctx.max_errored_blocks)
     try:
-        ctx = ray.data.DataContext.get_current()
         ctx.enable_progress_bars = False  # ours counts rows; Ray's dashboard shows the operators
+        ctx.max_errored_blocks = -1  # a batch that killed its actor twice is isolated below, not fatal
         logging.getLogger("ray.data").setLevel(logging.WARNING)
         cpus, gpus = actor_resources(workers, num_cpus, num_gpus)
+        common = dict(
+            config=config.to_json(), dest=str(dest.resolve()), kind=source.kind,
+            id_column=getattr(source, "id_column", "id"), column=getattr(source, "column", "bytes"),
+            modality_column=source.modality_column if isinstance(source, TableSource) else None,
+            root=str(source.root.resolve()) if isinstance(source, FileSource) else None,
+            fault=fault, model_batch_size=model_batch_size, threads=max(1, int(round(cpus))),
+            cache=cache, plugins=plugins, installed=installed, poison=poison_setting(),
+        )
+        devices: set[str] = set()
+
+        written = errors = 0
         blocks = max(2 * workers, min(-(-max(total, 1) // batch_size), 20_000))
         ds, base = _read(source, skip, READ_CPUS, blocks)
-        written = errors = 0
-        devices: set[str] = set()
         if ds is not None:
             skip_ref = ray.put(skip) if skip is not None and len(skip) and source.kind != "files" else None
-            tm = source.modality_column if isinstance(source, TableSource) else None
-            kwargs = dict(
-                config=config.to_json(), dest=str(dest.resolve()), kind=source.kind,
-                id_column=getattr(source, "id_column", "id"), column=getattr(source, "column", "bytes"),
-                modality_column=tm, base=base,
-                root=str(source.root.resolve()) if isinstance(source, FileSource) else None,
-                skip=skip_ref, fault=fault, model_batch_size=model_batch_size, threads=max(1, int(round(cpus))),
-                cache=cache, plugins=plugins, installed=installed,
-            )
-            # Ray Data restarts a dead actor and retries its batch by default (max_restarts=-1,
-            # max_task_retries=-1 on actor pools; passing them through ray_remote_args is deprecated).
-            out = ds.map_batches(
-                RayEmbedder, fn_constructor_kwargs=kwargs, batch_size=batch_size, batch_format="pyarrow",
-                compute=ray.data.ActorPoolStrategy(size=workers), num_cpus=cpus, num_gpus=gpus or None,
-            )
+            # a dead actor is restarted, and its batch retried once (Ray Data's default retries forever); Ray 2.60
+            # has no named parameter for these and warns that extra remote args are deprecated (removal: 2.64)
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message=".*ray_remote_args.*deprecated", category=DeprecationWarning)
+                out = ds.map_batches(
+                    RayEmbedder, fn_constructor_kwargs={**common, "base": base, "skip": skip_ref},
+                    batch_size=batch_size, batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(size=workers),
+                    num_cpus=cpus, num_gpus=gpus or None, max_restarts=-1, max_task_retries=TASK_RETRIES,
+                )
             with tqdm(total=total, unit="row", desc=f"embed-dataset (ray, {workers} actors)", disable=not progress,
                       smoothing=0.1) as bar:
                 for b in out.iter_batches(batch_size=None, batch_format="pyarrow"):
@@ -228,8 +325,16 @@ def run_ray(source: Source, dest: Path, config: RunConfig, *, batch_size: int, m
                         written, errors = written + r, errors + e
                         devices.add(d)
                         bar.update(r)
+        isolated = killed = 0
+        if all_ids is not None and len(missing := _missing(all_ids, dest, skip)):
+            isolated = len(missing)  # rows of batches that killed their actor twice
+            w, e, killed = _isolate(source, all_ids, missing, dest, config, {**common, "base": None, "skip": None},
+                                    cpus, gpus, progress)
+            written, errors = written + w, errors + e
         return {"written": written, "errors": errors, "seconds": time.perf_counter() - start,
-                "devices": sorted(devices), "cpus_per_actor": cpus, "gpus_per_actor": gpus}
+                "devices": sorted(devices), "cpus_per_actor": cpus, "gpus_per_actor": gpus,
+                "rows_isolated": isolated, "rows_killed_worker": killed}
     finally:
+        ctx.enable_progress_bars, ctx.max_errored_blocks = saved
         if started:
             ray.shutdown()
