@@ -171,6 +171,7 @@ def test_lru_eviction_under_a_small_bound(tmp_path):
 
     time.sleep(0.01)
     assert set(store.get_many([keys[0], keys[1]])) == {keys[0], keys[1]}
+    store.put_many([], aliases=[(b"r" * 32, keys[2]), (b"q" * 32, keys[0])])  # raw-item aliases of two entries
     time.sleep(0.01)
     for i in range(8, 14):
         store.put_many([(keys[i], "s", _row(4, i), None)])
@@ -182,6 +183,8 @@ def test_lru_eviction_under_a_small_bound(tmp_path):
     assert keys[2] not in left and keys[3] not in left  # least recently used went first
     assert torch.equal(left[keys[13]].tokens, _row(4, 13))
     assert info["entries"] == len(left)
+    assert set(store.get_raw([b"r" * 32, b"q" * 32])) == {b"q" * 32}  # an alias goes with its entry
+    assert info["aliases"] == 1
 
 
 WRITER = textwrap.dedent("""
@@ -477,7 +480,7 @@ def test_processor_state_and_corrupt_aliases(hub, tmp_path):
     torch.testing.assert_close(cut[0], ref.embed([long], encoder="tiny-bert")[0], rtol=0, atol=1e-5)  # batch of 2 vs 1
     enc.item_processor.max_length = original
     con = sqlite3.connect(store.path)
-    con.execute("UPDATE aliases SET value = zeroblob(40)")  # digests and checks that do not match
+    con.execute("UPDATE raw_keys SET chk = zeroblob(8)")  # checks that do not match
     con.commit()
     con.close()
     with pytest.warns(CacheCorruptionWarning, match="alias"):

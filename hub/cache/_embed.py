@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 import torch
+from torch.nn.utils.rnn import pad_sequence
 
 from ..errors import CacheError
 from ..tokens import TokenEmbeddings
@@ -131,9 +132,9 @@ class CachedCall:
     """One ``embed`` call through the cache, in two steps:
 
     1. :meth:`serve_raw` (optional): items whose *raw* form (file bytes, image pixels, string) was seen
-       before with this encoder and processor state are served without ``prepare``: an alias row maps
-       sha256(fingerprint, processor state, decoder versions, raw content) to the digest of the prepared
-       item, and the entry is looked up by the prepared item's key as always;
+       before with this encoder, processor state and storage dtype are served without ``prepare``: an
+       alias row maps sha256(fingerprint, storage, processor state, decoder versions, raw content) to the
+       key of the entry recorded when that raw form was last prepared (one query joins the two);
     2. :meth:`embed`: the rest, prepared by the caller: looked up by their prepared form (so a path, bytes
        and a PIL image of one picture share an entry), the misses run, entries and aliases stored.
     """
@@ -151,18 +152,16 @@ class CachedCall:
 
     def serve_raw(self, items: Mapping[int, Any]) -> list[int]:
         """Serve the items seen before in this raw form; returns the indices still to prepare, in order."""
-        alias_base = b"alias" + self.fingerprint + processor_digest(self.encoder)
+        alias_base = b"alias" + self.base + processor_digest(self.encoder)
         for i, x in items.items():
             r = raw_digest(x)
             if r is not None:
                 self._raw[i] = (hashlib.sha256(alias_base + r[0]).digest(), r[1], x)
         if self._raw:
-            digests = self.cache.get_aliases([a for a, _, _ in self._raw.values()])
-            keys = {i: self.key(digests[a]) for i, (a, _, _) in self._raw.items() if a in digests}
-            hits = self.cache.get_many(list(keys.values()))
-            for i, k in keys.items():
-                e = hits.get(k)
-                if e is not None:
+            found = self.cache.get_raw([a for a, _, _ in self._raw.values()])
+            for i, (a, _, _) in self._raw.items():
+                if a in found:
+                    e = found[a][1]
                     self.rows[i] = (e.tokens, e.mask)
         return [i for i in items if i not in self.rows]
 
@@ -180,8 +179,8 @@ class CachedCall:
         aliases = []
         for i, (alias, sig, item) in self._raw.items():
             # a file that changed while it was hashed and prepared gets no alias
-            if digests.get(i) is not None and (sig is None or file_signature(item) == sig):
-                aliases.append((alias, digests[i]))
+            if i in keys and (sig is None or file_signature(item) == sig):
+                aliases.append((alias, keys[i]))
         misses = [i for i in prepared if i not in rows]
         store = []
         if misses:
@@ -199,13 +198,15 @@ class CachedCall:
                 warnings.warn(f"embedding cache: results not stored ({exc})", RuntimeWarning, stacklevel=3)
         order = sorted(rows)
         device = encoder.device
-        width = max((int(rows[i][0].shape[0]) for i in order), default=0)
-        dim = int(encoder.dim) if not order else int(rows[order[0]][0].shape[1])
-        tokens = torch.zeros(len(order), width, dim, dtype=torch.float32, device=device)
-        mask = torch.zeros(len(order), width, dtype=torch.bool, device=device)
+        if not order:
+            tokens = torch.zeros(0, 0, int(encoder.dim), dtype=torch.float32, device=device)
+            return TokenEmbeddings(tokens, torch.zeros(0, 0, dtype=torch.bool, device=device), encoder.modality,
+                                   encoder.space, encoder.pooling, order)
+        tokens = pad_sequence([rows[i][0].to(device, torch.float32) for i in order], batch_first=True)  # zeros
+        lengths = torch.tensor([int(rows[i][0].shape[0]) for i in order], device=device)
+        mask = torch.arange(tokens.shape[1], device=device)[None, :] < lengths[:, None]
         for r, i in enumerate(order):
-            t, m = rows[i]
-            w = int(t.shape[0])
-            tokens[r, :w] = t.to(device)
-            mask[r, :w] = True if m is None else m.to(device)
+            m = rows[i][1]
+            if m is not None:
+                mask[r, : m.shape[0]] = m.to(device)
         return TokenEmbeddings(tokens, mask, encoder.modality, encoder.space, encoder.pooling, order)

@@ -38,14 +38,18 @@ def _feed(h: Any, obj: Any, depth: int = 0) -> None:
     """
     if depth > 64:
         raise UnhashableItemError("prepared item nested deeper than 64 levels")
-    if obj is None or isinstance(obj, (bool, int, float, complex)):
+    if isinstance(obj, bytes):  # first: raw image / audio bytes (no copy)
+        h.update(b"b%d:" % len(obj))
+        h.update(obj)
+    elif obj is None or isinstance(obj, (bool, int, float, complex)):
         h.update(f"{type(obj).__name__}:{obj!r};".encode())
     elif isinstance(obj, str):
         b = obj.encode("utf-8", "surrogatepass")
         h.update(b"s%d:" % len(b) + b)
-    elif isinstance(obj, (bytes, bytearray, memoryview)):
+    elif isinstance(obj, (bytearray, memoryview)):
         b = bytes(obj)
-        h.update(b"b%d:" % len(b) + b)
+        h.update(b"b%d:" % len(b))
+        h.update(b)
     elif isinstance(obj, torch.Tensor):
         t = obj.detach()
         if t.layout != torch.strided:
@@ -233,7 +237,9 @@ def _feed_raw(h: Any, obj: Any, top: bool, depth: int = 0) -> tuple | bool:
     """
     if depth > 16:
         return False
-    if isinstance(obj, str):
+    if isinstance(obj, bytes):
+        _feed(h, obj)
+    elif isinstance(obj, str):
         if not top:
             return False
         _feed(h, obj)

@@ -39,10 +39,10 @@ _SCHEMA = (
     "created REAL NOT NULL, accessed REAL NOT NULL, checksum BLOB NOT NULL)",
     "CREATE INDEX IF NOT EXISTS entries_accessed ON entries(accessed)",
     "CREATE TABLE IF NOT EXISTS blobs(id INTEGER PRIMARY KEY, mask BLOB, data BLOB NOT NULL)",
-    # raw item (+ encoder and processor state) -> sha256 of its prepared form and an 8-byte check of the pair:
-    # a raw form seen before skips ``prepare``; entries are still keyed by the prepared form
-    "CREATE TABLE IF NOT EXISTS aliases(raw BLOB PRIMARY KEY, value BLOB NOT NULL, accessed REAL NOT NULL) "
-    "WITHOUT ROWID",
+    # key of a raw item (+ encoder, processor state, storage dtype) -> the key of its entry (keyed by the prepared
+    # form), and an 8-byte check of the pair: a raw form seen before skips ``prepare``.  An alias lives as long
+    # as its entry (eviction drops the aliases left without one)
+    "CREATE TABLE IF NOT EXISTS raw_keys(raw BLOB PRIMARY KEY, key BLOB NOT NULL, chk BLOB NOT NULL) WITHOUT ROWID",
     "CREATE TRIGGER IF NOT EXISTS entries_added AFTER INSERT ON entries BEGIN "
     "UPDATE stats SET entries = entries + 1, bytes = bytes + NEW.size WHERE id = 0; END",
     "CREATE TRIGGER IF NOT EXISTS entries_removed AFTER DELETE ON entries BEGIN "
@@ -71,8 +71,8 @@ def _checksum(key: bytes, n: int, dim: int, dtype: str, mask: bytes | None, data
     return h.digest()
 
 
-def _alias_check(raw: bytes, digest: bytes) -> bytes:
-    return hashlib.blake2b(raw + digest, digest_size=8).digest()
+def _alias_check(raw: bytes, key: bytes) -> bytes:
+    return hashlib.blake2b(raw + key, digest_size=8).digest()
 
 
 def _is_corruption(exc: sqlite3.Error) -> bool:
@@ -81,6 +81,19 @@ def _is_corruption(exc: sqlite3.Error) -> bool:
         return True
     text = str(exc).lower()
     return "malformed" in text or "not a database" in text or "corrupt" in text
+
+
+def _entry(key: bytes, rid: int, n: int, dim: int, dtype: str, checksum: bytes, mask: bytes | None,
+           data: bytes | None) -> CacheEntry | None:
+    """A row as an entry; ``None`` when it fails its checksum or shape."""
+    if data is None or dtype not in _DTYPES or _checksum(key, n, dim, dtype, mask, data) != checksum \
+            or len(data) != n * dim * _DTYPES[dtype].itemsize:
+        return None
+    tokens = torch.from_numpy(np.frombuffer(data, dtype=_DTYPES[dtype]).reshape(n, dim).astype(np.float32))  # a copy
+    m = None
+    if mask is not None:
+        m = torch.from_numpy(np.unpackbits(np.frombuffer(mask, np.uint8), count=n).astype(bool))
+    return CacheEntry(tokens, m)
 
 
 class EmbeddingCache:
@@ -278,19 +291,19 @@ class EmbeddingCache:
             rows = conn.execute(
                 "SELECT e.key, e.id, e.n, e.dim, e.dtype, e.checksum, b.mask, b.data FROM entries e "
                 f"LEFT JOIN blobs b ON b.id = e.id WHERE e.key IN ({','.join('?' * len(chunk))})", chunk).fetchall()
-            for key, rid, n, dim, dtype, checksum, mask, data in rows:
-                if data is None or dtype not in _DTYPES or _checksum(key, n, dim, dtype, mask, data) != checksum \
-                        or len(data) != n * dim * _DTYPES[dtype].itemsize:
-                    bad.append(key)
-                    continue
-                arr = np.frombuffer(data, dtype=_DTYPES[dtype]).reshape(n, dim)
-                tokens = torch.from_numpy(arr.astype(np.float32))  # a copy: writable, float32
-                m = None
-                if mask is not None:
-                    m = torch.from_numpy(np.unpackbits(np.frombuffer(mask, np.uint8), count=n).astype(bool))
-                found[key] = CacheEntry(tokens, m)
-                ids.append(rid)
-        if ids and touch:
+            for row in rows:
+                entry = _entry(*row)
+                if entry is None:
+                    bad.append(row[0])
+                else:
+                    found[row[0]] = entry
+                    ids.append(row[1])
+        if touch:
+            self._touch(conn, ids)
+        return found, bad
+
+    def _touch(self, conn: sqlite3.Connection, ids: list[int]) -> None:
+        if ids:
             now = time.time()
             try:
                 with self._write(conn):
@@ -299,57 +312,62 @@ class EmbeddingCache:
                         conn.execute(f"UPDATE entries SET accessed = ? WHERE id IN ({','.join('?' * len(chunk))})",
                                      [now, *chunk])
             except sqlite3.OperationalError as exc:  # busy past the timeout: the hits are still good
-                warnings.warn(f"embedding cache: could not record access times ({exc})", RuntimeWarning, stacklevel=4)
-        return found, bad
+                warnings.warn(f"embedding cache: could not record access times ({exc})", RuntimeWarning, stacklevel=5)
 
-    def get_aliases(self, raws: Sequence[bytes]) -> dict[bytes, bytes]:
-        """The prepared-item digests recorded for raw-item keys (misses are absent); touches their access time.
+    def get_raw(self, raws: Sequence[bytes]) -> dict[bytes, tuple[bytes, CacheEntry]]:
+        """The entries behind raw-item keys, one query: ``{raw key: (entry key, entry)}`` (misses are absent).
 
-        A row that fails its check is never used: warned, dropped, and the item is prepared again."""
+        Touches the entries' access time.  A raw-key row or an entry that fails its check is never used:
+        warned, dropped, and the item is prepared (and its entry computed) again."""
         if not raws:
             return {}
-        found, bad = self._run(self._select_aliases, list(dict.fromkeys(raws)))
-        if bad:
-            msg = f"embedding cache {str(self.path)!r}: {len(bad)} raw-item alias row(s) failed their check; not used"
+        found, bad_raw, bad = self._run(self._select_raw, list(dict.fromkeys(raws)))
+        if bad_raw or bad:
+            msg = (f"embedding cache {str(self.path)!r}: {len(bad_raw)} raw-item alias row(s) and {len(bad)} row(s) "
+                   "failed their checksum; not served")
             if self.on_corrupt == "raise":
                 raise CacheCorruptError(msg)
-            warnings.warn(msg + "; dropped them, the items are prepared again", CacheCorruptionWarning, stacklevel=3)
-            self._run(lambda conn: self._delete_aliases(conn, bad))
+            warnings.warn(msg + "; dropped them, they are recomputed and stored again", CacheCorruptionWarning,
+                          stacklevel=3)
+            if bad_raw:
+                self._run(lambda conn: self._delete_aliases(conn, bad_raw))
+            if bad:
+                self.delete(bad)
         return found
 
-    def _select_aliases(self, conn: sqlite3.Connection, raws: list[bytes]) -> tuple[dict[bytes, bytes], list[bytes]]:
-        found: dict[bytes, bytes] = {}
+    def _select_raw(self, conn: sqlite3.Connection, raws: list[bytes]):
+        found: dict[bytes, tuple[bytes, CacheEntry]] = {}
+        bad_raw: list[bytes] = []
         bad: list[bytes] = []
+        ids: list[int] = []
         for s in range(0, len(raws), _IN_CHUNK):
             chunk = raws[s : s + _IN_CHUNK]
-            for raw, value in conn.execute(f"SELECT raw, value FROM aliases WHERE raw IN ({','.join('?' * len(chunk))})",
-                                           chunk):
-                if not isinstance(value, bytes) or len(value) != 40 or _alias_check(raw, value[:32]) != value[32:]:
-                    bad.append(raw)
+            rows = conn.execute(
+                "SELECT a.raw, a.chk, e.key, e.id, e.n, e.dim, e.dtype, e.checksum, b.mask, b.data FROM raw_keys a "
+                "JOIN entries e ON e.key = a.key LEFT JOIN blobs b ON b.id = e.id "
+                f"WHERE a.raw IN ({','.join('?' * len(chunk))})", chunk).fetchall()
+            for raw, chk, *row in rows:
+                if _alias_check(raw, row[0]) != chk:
+                    bad_raw.append(raw)
+                    continue
+                entry = _entry(*row)
+                if entry is None:
+                    bad.append(row[0])
                 else:
-                    found[raw] = value[:32]
-        if found:
-            now = time.time()
-            try:
-                with self._write(conn):
-                    keys = list(found)
-                    for s in range(0, len(keys), _IN_CHUNK):
-                        chunk = keys[s : s + _IN_CHUNK]
-                        conn.execute(f"UPDATE aliases SET accessed = ? WHERE raw IN ({','.join('?' * len(chunk))})",
-                                     [now, *chunk])
-            except sqlite3.OperationalError as exc:  # busy past the timeout: the aliases are still good
-                warnings.warn(f"embedding cache: could not record access times ({exc})", RuntimeWarning, stacklevel=4)
-        return found, bad
+                    found[raw] = (row[0], entry)
+                    ids.append(row[1])
+        self._touch(conn, ids)
+        return found, bad_raw, bad
 
     @staticmethod
     def _delete_aliases(conn: sqlite3.Connection, raws: Sequence[bytes]) -> None:
         with EmbeddingCache._Txn(conn):
-            conn.executemany("DELETE FROM aliases WHERE raw = ?", [(r,) for r in raws])
+            conn.executemany("DELETE FROM raw_keys WHERE raw = ?", [(r,) for r in raws])
 
     def put_many(self, rows: Iterable[tuple[bytes, str, torch.Tensor, torch.Tensor | None]],
                  aliases: Iterable[tuple[bytes, bytes]] = ()) -> int:
         """Store ``(key, space, tokens (n, dim), mask (n,) or None)`` rows; keys already present are kept.
-        ``aliases``: ``(raw-item key, prepared-item digest)`` pairs, written in the same transaction.
+        ``aliases``: ``(raw-item key, entry key)`` pairs, written in the same transaction.
 
         Returns how many rows were added.  Evicts least recently used rows past ``max_bytes``.
         """
@@ -365,7 +383,7 @@ class EmbeddingCache:
                 m = np.packbits(mask.detach().cpu().numpy().astype(bool)).tobytes()
             n, dim = int(t.shape[0]), int(t.shape[1])
             packed.append((key, space, n, dim, _checksum(key, n, dim, self.dtype, m, data), m, data))
-        pairs = [(raw, digest + _alias_check(raw, digest)) for raw, digest in aliases]
+        pairs = [(raw, key, _alias_check(raw, key)) for raw, key in aliases]
         if not packed and not pairs:
             return 0
         return self._run(self._insert, packed, pairs)
@@ -375,8 +393,7 @@ class EmbeddingCache:
         added = 0
         with self._write(conn):
             if pairs:
-                conn.executemany("INSERT OR REPLACE INTO aliases(raw, value, accessed) VALUES (?, ?, ?)",
-                                 [(raw, value, now) for raw, value in pairs])
+                conn.executemany("INSERT OR REPLACE INTO raw_keys(raw, key, chk) VALUES (?, ?, ?)", pairs)
             for key, space, n, dim, checksum, mask, data in packed:
                 size = len(data) + (len(mask) if mask is not None else 0)
                 cur = conn.execute(
@@ -403,8 +420,7 @@ class EmbeddingCache:
         for s in range(0, len(ids), _IN_CHUNK):
             chunk = ids[s : s + _IN_CHUNK]
             conn.execute(f"DELETE FROM entries WHERE id IN ({','.join('?' * len(chunk))})", chunk)
-        # aliases unused since before the oldest entry kept was last used go too (they bound themselves this way)
-        conn.execute("DELETE FROM aliases WHERE accessed < COALESCE((SELECT MIN(accessed) FROM entries), 1e300)")
+        conn.execute("DELETE FROM raw_keys WHERE key NOT IN (SELECT key FROM entries)")  # their aliases too
         conn.execute("PRAGMA incremental_vacuum")
         return len(ids)
 
@@ -421,7 +437,7 @@ class EmbeddingCache:
             entries, payload = conn.execute("SELECT entries, bytes FROM stats WHERE id = 0").fetchone()
             spaces = dict(conn.execute("SELECT space, COUNT(*) FROM entries GROUP BY space ORDER BY space").fetchall())
             dtypes = dict(conn.execute("SELECT dtype, COUNT(*) FROM entries GROUP BY dtype").fetchall())
-            aliases = conn.execute("SELECT COUNT(*) FROM aliases").fetchone()[0]
+            aliases = conn.execute("SELECT COUNT(*) FROM raw_keys").fetchone()[0]
             return {"entries": int(entries), "payload_bytes": int(payload), "spaces": spaces, "dtypes": dtypes,
                     "aliases": int(aliases)}
         out = {"path": str(self.path), "max_bytes": self.max_bytes, "dtype": self.dtype, **self._run(run)}
@@ -439,7 +455,7 @@ class EmbeddingCache:
                 n = conn.execute("SELECT COUNT(*) FROM entries").fetchone()[0]
                 conn.execute("DELETE FROM blobs")
                 conn.execute("DELETE FROM entries")
-                conn.execute("DELETE FROM aliases")
+                conn.execute("DELETE FROM raw_keys")
                 conn.execute("UPDATE stats SET entries = 0, bytes = 0 WHERE id = 0")
             try:
                 conn.execute("VACUUM")
@@ -460,9 +476,8 @@ class EmbeddingCache:
         def run(conn: sqlite3.Connection) -> tuple[list[str], list[bytes], int, list[bytes]]:
             integrity = [r[0] for r in conn.execute("PRAGMA integrity_check").fetchall()]
             keys = [r[0] for r in conn.execute("SELECT key FROM entries")]
-            bad_aliases = [raw for raw, value in conn.execute("SELECT raw, value FROM aliases")
-                           if not isinstance(value, bytes) or len(value) != 40
-                           or _alias_check(raw, value[:32]) != value[32:]]
+            bad_aliases = [raw for raw, key, chk in conn.execute("SELECT raw, key, chk FROM raw_keys")
+                           if not isinstance(key, bytes) or _alias_check(raw, key) != chk]
             return integrity, keys, len(keys), bad_aliases
         integrity, keys, n, bad_aliases = self._run(run)
         if bad_aliases:
