@@ -167,12 +167,18 @@ def _plugin_version(cls: type) -> str:
     top = cls.__module__.split(".")[0]
     if top not in _DISTS:
         try:
-            from importlib.metadata import distributions, packages_distributions, version
+            from importlib.metadata import packages_distributions, version
 
-            # top_level.txt first (one small read per distribution); packages_distributions() reads every
-            # RECORD file (0.5 s here) and is only the fallback
-            found = {f"{d.metadata['Name']}=={d.version}" for d in distributions()
-                     if top in (d.read_text("top_level.txt") or "").split()}
+            # top_level.txt of each *.dist-info first (one small read each); packages_distributions() reads
+            # every RECORD file (0.5 s here) and is only the fallback
+            found = set()
+            for folder, (name, ver) in _installed_folders().items():
+                try:
+                    with open(os.path.join(folder, "top_level.txt"), encoding="utf-8") as f:
+                        if top in f.read().split():
+                            found.add(f"{_norm(name)}=={ver}")
+                except OSError:
+                    continue
             if not found:
                 found = {f"{d}=={version(d)}" for d in packages_distributions().get(top) or []}
             _DISTS[top] = ",".join(sorted(found)) or "unknown"
@@ -307,6 +313,7 @@ def file_signature(item: Any) -> tuple | None:
 
 
 _INSTALLED: dict[str, str] = {}
+_FOLDERS: dict[str, tuple[str, str]] = {}
 
 
 def _norm(name: str) -> str:
@@ -317,6 +324,15 @@ def _installed() -> dict[str, str]:
     """``{normalised distribution name: version}`` from the ``*.dist-info`` folder names on ``sys.path``
     (a directory listing each; ``importlib.metadata.version`` parses every METADATA file, 4 ms a name)."""
     if not _INSTALLED:
+        for folder, (name, ver) in _installed_folders().items():
+            _INSTALLED[_norm(name)] = ver
+        _INSTALLED.setdefault("", "")
+    return _INSTALLED
+
+
+def _installed_folders() -> dict[str, tuple[str, str]]:
+    """``{path of a *.dist-info / *.egg-info folder: (name, version)}`` on ``sys.path``, later entries first."""
+    if not _FOLDERS:
         for entry in reversed(sys.path):  # the first on sys.path wins, as for imports
             try:
                 names = os.listdir(entry or ".")
@@ -325,9 +341,8 @@ def _installed() -> dict[str, str]:
             for n in names:
                 m = re.fullmatch(r"(.+?)-([^-]+)\.(?:dist|egg)-info", n)
                 if m:
-                    _INSTALLED[_norm(m.group(1))] = m.group(2)
-        _INSTALLED.setdefault("", "")
-    return _INSTALLED
+                    _FOLDERS[os.path.join(entry or ".", n)] = (m.group(1), m.group(2))
+    return _FOLDERS
 
 
 def decoder_versions() -> dict[str, str]:
