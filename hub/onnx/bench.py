@@ -86,6 +86,7 @@ class BenchRow(BaseModel):
     min_cosine: float | None = None  # of pooled vectors per item, against torch eager
     export_s: float | None = None  # onnx: seconds to export (parity checks included); not in the timings
     providers: list[str] | None = None  # onnx: execution providers the session actually uses
+    fused_ops: dict[str, int] | None = None  # onnx: ONNX Runtime fused kernels in the exported graph
     error: str | None = None  # why this row has no numbers
 
 
@@ -234,7 +235,9 @@ def _bench_case(hub: Any, case: BenchCase, runtimes: Sequence[str], batch_size: 
                 extra[runtime]["export_s"] = time.perf_counter() - start
                 fns[runtime] = embed("onnx", out_dir)
                 fns[runtime](batches[0])  # warm-up (builds the session)
-                extra[runtime]["providers"] = list(hub.onnx_encoder(name, directory=out_dir, **opts).providers)
+                served = hub.onnx_encoder(name, directory=out_dir, **opts)
+                extra[runtime]["providers"] = list(served.providers)
+                extra[runtime]["fused_ops"] = getattr(served.manifest, "fused_ops", None) or None
             else:
                 fns[runtime] = embed("torch")
                 fns[runtime](batches[0])  # warm-up (builds the encoder)
