@@ -93,12 +93,14 @@ def test_cli_bench_with_a_config(tmp_path):
     from hub.cli import main
 
     cases = tmp_path / "cases.json"
-    cases.write_text(json.dumps([{"modality": "text", "encoder": "tiny-bert", "items": 2, "batch_size": 2}]))
+    cases.write_text(json.dumps([{"modality": "text", "encoder": "tiny-bert", "items": 2, "batch_size": 2},
+                                 {"modality": "text", "encoder": "minilm-l6", "size": "real", "items": 2}]))
     out = tmp_path / "rows.json"
-    res = CliRunner().invoke(main, ["bench", "--config", str(cases), "--passes", "1", "--json", str(out)])
+    res = CliRunner().invoke(main, ["bench", "--config", str(cases), "--size", "tiny", "--passes", "1", "--json", str(out)])
     assert res.exit_code == 0, res.output
     rows = json.loads(out.read_text())["rows"]
-    assert [r["runtime"] for r in rows] == ["torch", "onnx"] and rows[1]["speedup_vs_torch"] > 0
+    assert [(r["encoder"], r["runtime"]) for r in rows] == [("tiny-bert", "torch"), ("tiny-bert", "onnx")]
+    assert rows[1]["speedup_vs_torch"] > 0 and "band" in res.output
 
 
 def test_torch_only_has_no_export(hub):

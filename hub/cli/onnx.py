@@ -49,8 +49,10 @@ def export_cmd(modality, out_dir, encoder, options, bundle, with_projector, pool
 @click.option("--config", "config", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="JSON list of cases (encoder, options, size, batch_size, items), e.g. real-size configs with "
                    "random weights: benchmarks/bench_cases.json.")
+@click.option("--size", type=click.Choice(["tiny", "real", "all"]), default="all", show_default=True,
+              help="With --config: only its tiny presets, or only its real-size configurations.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), help="Write the rows as JSON.")
-def bench(modalities, runtime, batch_size, items, repeats, config, json_path) -> None:
+def bench(modalities, runtime, batch_size, items, repeats, config, size, json_path) -> None:
     """Items/s and latency of torch eager vs ONNX Runtime per modality, on the same inputs in one run,
     through Hub.embed(..., runtime=...): median of N interleaved passes, with the noise band."""
     from .._hub import Hub
@@ -59,6 +61,8 @@ def bench(modalities, runtime, batch_size, items, repeats, config, json_path) ->
     runtimes = tuple(r.strip() for r in runtime.split(",") if r.strip())
     try:
         cases = hub_bench.load_cases(config) if config else None
+        if cases is not None and size != "all":
+            cases = [c for c in cases if c.size == size]
         rows = hub_bench.run(modalities=list(modalities) or None, runtimes=runtimes, batch_size=batch_size,
                              items=items, repeats=repeats, json_path=json_path, hub=Hub(), cases=cases)
     except HubError as exc:
