@@ -34,3 +34,13 @@ clean:
 # Each plugin installs and works alone next to the core (a venv per plugin; slow: run by CI).
 standalone:
 	PYTHON=$(PYTHON) bash scripts/check_standalone.sh
+
+# sentence-transformers' ONNX backend, the baseline of benchmarks/onnx_text.py: optimum-onnx pins an older
+# transformers, so these live in their own directory ($(ST_ONNX), inside the venv) that the benchmark puts first
+# on PYTHONPATH of its st-onnx worker (torch, onnxruntime and the rest come from the venv).
+ST_ONNX ?= $(VENV)/st-onnx
+.PHONY: bench-deps
+bench-deps:
+	test -f $(VENV)/.installed || $(MAKE) install
+	$(PIP) install -q --no-deps --upgrade --target $(ST_ONNX) "sentence-transformers==5.7.0" "transformers==4.57.6" \
+	  "tokenizers==0.22.2" "huggingface_hub==0.36.2" "optimum==2.1.0" "optimum-onnx==0.1.0"

@@ -172,11 +172,13 @@ class Hub:
         return self.registry.encoder_spec(encoder).modality
 
     def onnx_encoder(self, name: str | None = None, *, modality: str | None = None,
-                     directory: str | os.PathLike | None = None, device: str = "cpu", **options: Any):
+                     directory: str | os.PathLike | None = None, device: str = "cpu", pooled: bool = False,
+                     dtype: str | None = None, **options: Any):
         """An :class:`hub.onnx.OnnxEncoder` for encoder ``name`` (or ``modality``'s default).
 
-        ``directory`` is an existing export; without it the export is cached under
-        ``cache_dir/onnx/<encoder>-<options hash>`` and made on first use.
+        ``directory`` is an existing export; without it the export (fused, see :mod:`hub.onnx.optimize`;
+        ``pooled``: one vector per item; ``dtype``: ``"fp32"``, ``"fp16"`` or ``"int8"``) is cached under
+        ``cache_dir/onnx/<encoder>-<hash of options, pooled, dtype>`` and made on first use.
         """
         from . import onnx as hub_onnx
 
@@ -190,11 +192,13 @@ class Hub:
         if directory is None:
             import hashlib
 
-            key = hashlib.sha256(json.dumps(options, sort_keys=True, default=str).encode()).hexdigest()[:12]
+            export = {"options": options, "pooled": bool(pooled), "dtype": dtype or "fp32", "optimize": True}
+            key = hashlib.sha256(json.dumps(export, sort_keys=True, default=str).encode()).hexdigest()[:12]
             directory = self.cache_dir / "onnx" / f"{spec.name}-{key}"
             if not (Path(directory) / "manifest.json").is_file():
                 tqdm.write(f"exporting {spec.name} to ONNX in {directory} (first use; checked against PyTorch)")
-                hub_onnx.export(spec.modality, directory, encoder=name, options=options, registry=self.registry, hub=self)
+                hub_onnx.export(spec.modality, directory, encoder=name, options=options, registry=self.registry, hub=self,
+                                pooled=bool(pooled), dtype=dtype or "fp32")
         key = f"{Path(directory).resolve()}|{device}"
         if key not in self._onnx:
             self._onnx[key] = hub_onnx.OnnxEncoder(directory, device=device, registry=self.registry, hub=self)
@@ -203,6 +207,8 @@ class Hub:
             raise InvalidInputError(
                 f"{str(directory)!r} holds an export of {enc.manifest.encoder!r} ({enc.modality}), not {spec.name!r}"
             )
+        if dtype is not None and enc.manifest.dtype != dtype:
+            raise InvalidInputError(f"{str(directory)!r} holds a {enc.manifest.dtype} export, not {dtype}")
         if options and {**enc.manifest.encoder_options, **options} != enc.manifest.encoder_options:
             raise InvalidInputError(
                 f"{str(directory)!r} was exported with options {enc.manifest.encoder_options}, not {options}"
@@ -237,6 +243,8 @@ class Hub:
         onnx_dir: str | os.PathLike | None = None,
         onnx_device: str = "cpu",
         cache: Any = None,
+        pooled: bool = False,
+        onnx_dtype: str | None = None,
     ) -> TokenEmbeddings:
         """Embed items as tokens.
 
@@ -250,7 +258,10 @@ class Hub:
 
         ``runtime="onnx"`` runs the encoder's graph in ONNX Runtime: from
         ``onnx_dir`` (an export of this encoder), or from the hub's cache,
-        exporting it there (with its parity check) on first use.
+        exporting it there (with its parity check) on first use; ``onnx_dtype="int8"`` (or ``"fp16"``)
+        exports a quantized graph.  ``pooled=True`` returns one token per item, the pooled vector
+        (``.pooled()`` gives the vectors); with ``runtime="onnx"`` the pooling runs inside the graph
+        (a pooled export), the fast way to sentence vectors.
 
         ``cache`` (default: the hub's ``Hub(cache=...)``): ``True`` for ``cache_dir/embeddings.sqlite``,
         a path, an :class:`hub.cache.EmbeddingCache`, or ``False``.  Prepared items found there are not
@@ -301,7 +312,8 @@ class Hub:
         if modality is None:
             enc = None
         elif runtime == "onnx":
-            enc = self.onnx_encoder(encoder, modality=modality, directory=onnx_dir, device=onnx_device, **(options or {}))
+            enc = self.onnx_encoder(encoder, modality=modality, directory=onnx_dir, device=onnx_device,
+                                    pooled=pooled and onnx_dir is None, dtype=onnx_dtype, **(options or {}))
         else:
             enc = self.encoder(encoder, modality=modality, **(options or {}))
         if enc is None:  # every item failed detection
@@ -347,6 +359,9 @@ class Hub:
             return out.select(sorted(range(len(out.indices)), key=lambda r: out.indices[r]))
 
         out = run(list(prepared)) if call is None else call.embed(prepared, run)
+        if pooled and not getattr(getattr(enc, "manifest", None), "pooled", False):  # one token per item: the vector
+            out = TokenEmbeddings(out.pooled().unsqueeze(1), torch.ones(len(out), 1, dtype=torch.bool, device=out.mask.device),
+                                  out.modality, out.space, out.pooling, out.indices)
         out.errors = sorted(errors, key=lambda e: e.index)
         return out
 

@@ -20,7 +20,7 @@ LAYERS = [
      "hub._atomic"},
     {"hub.lm"},
     {"hub.train"},
-    {"hub.onnx"},
+    {"hub.onnx", "hub.onnx.optimize", "hub.onnx.quantize"},
     {"hub._hub", "hub.testing", "hub.cache"},
     {"hub.cli", "hub.serve", "hub.datasets", "hub", "hub.bench", "hub.multimodal", "hub.projectors", "hub.training",
      "hub.starter"},

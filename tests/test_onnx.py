@@ -330,3 +330,74 @@ def test_embed_with_the_onnx_runtime_exports_once_and_matches_torch(tmp_path):
         h.embed(texts, encoder="tiny-bert", runtime="tensorrt")
     with pytest.raises(InvalidInputError, match="holds an export of 'tiny-bert'"):
         h.embed([np.zeros((8, 8, 3), np.uint8)], encoder="tiny-clip", runtime="onnx", onnx_dir=exports[0].parent)
+
+
+# -- fused graphs (hub.onnx.optimize), int8 (hub.onnx.quantize), the public pooled path ----------
+
+
+def _contrib_ops(model_path: Path) -> dict[str, int]:
+    from collections import Counter
+
+    return dict(Counter(n.op_type for n in onnx.load(str(model_path)).graph.node if n.domain == "com.microsoft"))
+
+
+def test_text_export_runs_fused_kernels(h, text_export, tmp_path):
+    m = ho.load_manifest(text_export)
+    ops = _contrib_ops(text_export / "model.onnx")
+    assert m.optimized and m.fused_ops == dict(sorted(ops.items()))
+    assert ops.get("Attention", 0) + ops.get("MultiHeadAttention", 0) == 2  # one per layer of tiny-bert
+    assert ops["SkipLayerNormalization"] >= 2 and ops.get("BiasGelu", 0) + ops.get("FastGelu", 0) == 2
+    assert m.parity.metric == "max_abs_diff" and max(c.max_abs_diff for c in m.parity.cases) <= 1e-4
+    plain = ho.export("text", tmp_path / "plain", encoder="tiny-bert", optimize=False, hub=h)
+    assert not plain.optimized and plain.fused_ops == {} and _contrib_ops(tmp_path / "plain" / "model.onnx") == {}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("modality,preset", [("image", "tiny-clip"), ("audio", "tiny-whisper")])
+def test_vision_and_whisper_towers_run_fused_kernels(h, tmp_path, modality, preset):
+    m = ho.export(modality, tmp_path / preset, encoder=preset, hub=h)
+    ops = _contrib_ops(tmp_path / preset / "model.onnx")
+    assert m.optimized and m.parity.passed and max(c.max_abs_diff for c in m.parity.cases) <= 1e-4
+    assert ops.get("Attention", 0) + ops.get("MultiHeadAttention", 0) >= 2 and ops["SkipLayerNormalization"] >= 2
+
+
+def test_int8_export_quantizes_linear_layers_and_reports_a_cosine(h, tmp_path):
+    m = ho.export("text", tmp_path / "int8", encoder="tiny-bert", dtype="int8", pooled=True, hub=h)
+    assert m.dtype == "int8" and m.parity.metric == "cosine" and m.parity.tolerance == ho.INT8_MIN_COSINE
+    assert m.parity.passed and all(c.min_cosine >= 0.99 for c in m.parity.cases)
+    q = m.quantization
+    assert q["quantized"] + len(q["kept_float"]) == 12 and q["quantized"] > 0  # 6 linear layers per tiny-bert layer
+    nodes = [n.op_type for n in onnx.load(str(tmp_path / "int8" / "model.onnx")).graph.node]
+    assert nodes.count("MatMulInteger") == q["quantized"] and "SkipLayerNormalization" in nodes  # LayerNorm: float
+    items = h.registry.modality("text").examples(6, 9)
+    assert_same(ho.OnnxEncoder(tmp_path / "int8", hub=h).encode(items), torch_reference(h, items, "tiny-bert"),
+                pooled=True, cosine=0.99)
+
+
+def test_keep_float_drops_the_costliest_layers_until_within_budget():
+    from hub.onnx.quantize import keep_float
+
+    cost = {"a": 0.004, "b": 0.009, "c": 0.001, "d": 0.002}
+    assert keep_float(cost, budget=0.016) == []
+    assert keep_float(cost, budget=0.0075) == ["b"]
+    assert keep_float(cost, budget=0.002) == ["b", "a", "d"]
+
+
+def test_embed_pooled_uses_a_pooled_export_and_keys_the_cache_by_it(tmp_path):
+    from hub import Hub
+
+    h = Hub(cache_dir=tmp_path)
+    texts = ["hello there", "a somewhat longer sentence to embed", "x", "one more"]
+    ref = h.embed(texts, encoder="tiny-bert").pooled()
+    pooled = h.embed(texts, encoder="tiny-bert", runtime="onnx", pooled=True)
+    assert pooled.tokens.shape == (4, 1, 32) and pooled.mask.all() and pooled.indices == [0, 1, 2, 3]
+    assert (pooled.pooled() - ref).abs().max().item() <= 1e-4
+    tokens = h.embed(texts, encoder="tiny-bert", runtime="onnx")
+    assert tokens.tokens.shape[1] > 1 and (tokens.pooled() - ref).abs().max().item() <= 1e-4
+    manifests = sorted(ho.load_manifest(p.parent).pooled for p in (tmp_path / "onnx").glob("tiny-bert-*/model.onnx"))
+    assert manifests == [False, True]  # one export per kind, each cached under its own key
+    torch_pooled = h.embed(texts, encoder="tiny-bert", pooled=True)  # the same shape on PyTorch
+    assert torch_pooled.tokens.shape == (4, 1, 32) and torch.allclose(torch_pooled.pooled(), ref)
+    with pytest.raises(InvalidInputError, match="holds a fp32 export, not int8"):
+        h.embed(texts, encoder="tiny-bert", runtime="onnx", onnx_dir=next((tmp_path / "onnx").glob("tiny-bert-*")),
+                onnx_dtype="int8")

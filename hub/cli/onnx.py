@@ -19,24 +19,37 @@ from ._common import fail, parse_options
 @click.option("--bundle", type=click.Path(exists=True, file_okay=False), help="Multimodal LM bundle whose projector to fuse.")
 @click.option("--with-projector", is_flag=True, help="Fuse the bundle's projector for MODALITY into the graph.")
 @click.option("--pooled", is_flag=True, help="Fuse pooling: the graph outputs one vector per item.")
-@click.option("--dtype", type=click.Choice(["fp32", "fp16"]), default="fp32", show_default=True)
+@click.option("--dtype", type=click.Choice(["fp32", "fp16", "int8"]), default="fp32", show_default=True,
+              help="int8: linear layers' weights quantized, calibrated on the modality's examples.")
+@click.option("--optimize/--no-optimize", default=True, show_default=True,
+              help="Rewrite the graph with ONNX Runtime's fused kernels (Attention, SkipLayerNormalization, BiasGelu).")
 @click.option("--opset", type=int, help="ONNX opset (default: the exporter's).")
 @click.option("--triton", is_flag=True, help="Also write a Triton Inference Server model repository.")
-def export_cmd(modality, out_dir, encoder, options, bundle, with_projector, pooled, dtype, opset, triton) -> None:
-    """Export MODALITY's encoder to OUT_DIR/model.onnx with a manifest and a parity report."""
+def export_cmd(modality, out_dir, encoder, options, bundle, with_projector, pooled, dtype, optimize, opset, triton) -> None:
+    """Export MODALITY's encoder to OUT_DIR/model.onnx with a manifest and a parity report.
+
+    Serve it with hub.onnx.OnnxEncoder(OUT_DIR) or Hub().embed(items, runtime="onnx", onnx_dir=OUT_DIR);
+    with --pooled, one vector per item.
+    """
     from .. import onnx as hub_onnx
 
     if with_projector and not bundle:
         fail(HubError("--with-projector needs --bundle (the projector comes from a saved multimodal LM bundle)"))
     try:
         manifest = hub_onnx.export(modality, out_dir, encoder=encoder, options=parse_options(options), bundle=bundle,
-                                   with_projector=with_projector, pooled=pooled, dtype=dtype, opset=opset, triton=triton)
+                                   with_projector=with_projector, pooled=pooled, dtype=dtype, opset=opset,
+                                   optimize=optimize, triton=triton)
     except HubError as exc:
         fail(exc)
     worst = max(manifest.parity.cases, key=lambda c: c.max_abs_diff)
     click.echo(f"wrote {out_dir}/model.onnx ({manifest.encoder}, opset {manifest.opset}, {manifest.dtype}); parity "
                f"{'passed' if manifest.parity.passed else 'FAILED'} over {len(manifest.parity.cases)} cases, "
                f"max abs diff {worst.max_abs_diff:.2e}, min cosine {min(c.min_cosine for c in manifest.parity.cases):.6f}")
+    if manifest.fused_ops:
+        click.echo("fused: " + ", ".join(f"{op} x{n}" for op, n in manifest.fused_ops.items()))
+    if manifest.quantization:
+        q = manifest.quantization
+        click.echo(f"int8: {q['quantized']} linear layers quantized, {len(q['kept_float'])} kept in float")
 
 
 @click.command()

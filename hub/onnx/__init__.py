@@ -4,6 +4,7 @@
   (:mod:`hub.onnx.parity`);
 * :class:`OnnxEncoder` (:mod:`hub.onnx.runtime`): the plugin's ``prepare``/``collate`` in Python, the
   graph in ONNX Runtime (IO binding on CUDA), the same :class:`~hub.tokens.TokenEmbeddings` out;
+* :mod:`hub.onnx.optimize` (ONNX Runtime's fused kernels) and :mod:`hub.onnx.quantize` (int8);
 * :func:`write_triton_repository` (:mod:`hub.onnx.triton`);
 * :mod:`hub.onnx.bench`: torch eager against ONNX Runtime through the public path.
 """
@@ -21,7 +22,7 @@ from .manifest import (
     file_sha256,
     load_manifest,
 )
-from .parity import FP16_MIN_COSINE, FP32_TOLERANCE
+from .parity import FP16_MIN_COSINE, FP32_TOLERANCE, INT8_MIN_COSINE
 from .runtime import OnnxEncoder
 from .triton import TRITON_MAX_BATCH_SIZE, write_triton_repository
 
@@ -30,6 +31,7 @@ __all__ = [
     "FORMAT",
     "FP16_MIN_COSINE",
     "FP32_TOLERANCE",
+    "INT8_MIN_COSINE",
     "MANIFEST_NAME",
     "MODEL_NAME",
     "OnnxEncoder",

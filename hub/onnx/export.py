@@ -35,6 +35,7 @@ from ..lm.bundle import load_bundle_manifest
 from ..tokens import Pooling, TokenEmbeddings
 from ..weights import state_dict_sha256
 from .manifest import MANIFEST_NAME, MODEL_NAME, Dtype, ExportManifest, TensorSpec, file_sha256
+from .optimize import fuse
 from .parity import OUTPUT_NAMES, graph_input_names, parity, worst
 from .processor import save_processor
 from .triton import write_triton_repository
@@ -48,6 +49,8 @@ ENCODER_DIR = "encoder"
 PARITY_BATCHES = (1, 1, 2, 7)
 #: batch sizes whose collates decide which dimensions are dynamic
 PROBE_BATCHES = (1, 2, 3, 4)
+#: batch sizes of the int8 calibration (fresh items): each linear layer's cost is measured on them
+CALIBRATION_BATCHES = (16,)
 
 
 class _Graph(torch.nn.Module):
@@ -257,6 +260,14 @@ def _ort_failure(stage: str, name: str, modality: str, exc: Exception, graph_nam
 
 
 
+def _unfuse(model_path: Path, unfused: Path, name: str, why: str) -> tuple[dict[str, int], bool]:
+    """Put the unfused graph back (the fusions failed or broke the graph): ``({}, False)`` for ``fused, optimize``."""
+    warnings.warn(f"ONNX Runtime fusions of {name} failed ({why.splitlines()[0][:300] if why else ''}); "
+                  "keeping the unfused graph", RuntimeWarning, stacklevel=3)
+    shutil.move(str(unfused), str(model_path))
+    return {}, False
+
+
 def _local_dir(value: Any) -> Path | None:
     """``value`` as a local directory when it names one (absolute, or existing relative to the working directory)."""
     if not isinstance(value, str) or not value:
@@ -311,6 +322,7 @@ def export(
     pooled: bool = False,
     dtype: Dtype = "fp32",
     opset: int | None = None,
+    optimize: bool = True,
     triton: bool = False,
     registry: Registry | None = None,
     hub: Any = None,
@@ -325,16 +337,20 @@ def export(
     is exported, and with ``with_projector=True`` its projector runs in the same graph
     (tokens in the backbone's space).  ``pooled=True`` fuses the pooling: one vector
     per item.  ``dtype="fp16"`` exports a half-precision graph (float inputs float16,
-    outputs float32).  The parity check (ONNX Runtime CPU vs PyTorch fp32 on fresh
+    outputs float32); ``dtype="int8"`` quantizes the linear layers' weights (:mod:`hub.onnx.quantize`:
+    dynamic int8, the costliest layers on the modality's examples kept in float).  ``optimize=True``
+    (the default) rewrites the graph with ONNX Runtime's fused kernels (:mod:`hub.onnx.optimize`:
+    Attention, SkipLayerNormalization, BiasGelu); the manifest's ``fused_ops`` counts them.  The parity check (ONNX Runtime CPU vs PyTorch fp32 on fresh
     ``Modality.examples`` at batch sizes 1, 2 and 7) must pass — max abs diff
-    ≤ :data:`hub.onnx.parity.FP32_TOLERANCE` for fp32, cosine ≥ :data:`hub.onnx.parity.FP16_MIN_COSINE` for fp16 — or
+    ≤ :data:`hub.onnx.parity.FP32_TOLERANCE` for fp32, cosine ≥ :data:`hub.onnx.parity.FP16_MIN_COSINE` for fp16,
+    ≥ :data:`hub.onnx.parity.INT8_MIN_COSINE` for int8 — or
     :class:`ExportError` is raised and nothing is kept.  ``triton=True`` also writes
     ``out_dir/triton/<name>/`` (see :func:`write_triton_repository`).
     """
     if encoder is not None and bundle is None and not isinstance(source, Encoder) and is_aligned_dir(encoder):
         bundle, encoder, with_projector = encoder, None, True  # an aligned directory is an encoder: both halves
-    if dtype not in ("fp32", "fp16"):
-        raise InvalidInputError(f"dtype must be 'fp32' or 'fp16'; got {dtype!r}")
+    if dtype not in ("fp32", "fp16", "int8"):
+        raise InvalidInputError(f"dtype must be 'fp32', 'fp16' or 'int8'; got {dtype!r}")
     if opset is not None and (isinstance(opset, bool) or not isinstance(opset, int) or opset < 7):
         raise InvalidInputError(f"opset must be an int >= 7 (the exporter targets 18 and newer best); got {opset!r}")
     out = Path(out_dir)
@@ -392,32 +408,65 @@ def export(
                 "(no Python branching on sizes, no .item()/.tolist())"
             ) from exc
         del program
-        inputs, outputs, graph_opset = _graph_specs(model_path)
-        for spec in inputs:  # the exporter must not have fixed a dimension that varies
-            for k, d in dims.get({g: n for n, g in graph_names.items()}.get(spec.name, spec.name), {}).items():
-                if isinstance(spec.shape[k], int):
-                    raise ExportError(
-                        f"the exported graph fixed {spec.name!r} dimension {k} to {spec.shape[k]}, but it varies "
-                        f"across items ({d}); the encoder's forward specialises on that size"
-                    )
-        import onnxruntime as ort
+        quantization = None
+        if dtype == "int8":  # the linear layers' weights, calibrated on fresh examples (hub.onnx.quantize)
+            from .quantize import quantize_int8
 
-        try:
-            session = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
-        except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own pybind exception types
-            raise ExportError(_ort_failure("loading", src.name, enc.modality, exc, graph_names, dims)) from exc
-        fresh = list(modality.examples(sum(PARITY_BATCHES), seed + 1))
-        batches, start = [], 0
-        for n in PARITY_BATCHES:
-            batches.append(fresh[start : start + n])
-            start += n
-        try:
-            report = parity(session, reference, enc, names, inputs, batches, dtype)
-        except HubError:
-            raise
-        except Exception as exc:  # noqa: BLE001 - an onnxruntime run failure, or the plugin failing on examples
-            raise ExportError(_ort_failure("running", src.name, enc.modality, exc, graph_names, dims)) from exc
-        del session
+            calib = list(modality.examples(sum(CALIBRATION_BATCHES), seed + 2))
+            cbatches = [enc.collate([enc.prepare(x, i) for i, x in enumerate(calib[s : s + n])])
+                        for s, n in zip(np.cumsum((0, *CALIBRATION_BATCHES)), CALIBRATION_BATCHES)]
+            quantization = quantize_int8(model_path, reference, [tuple(t[n].to(device) for n in names) for t in cbatches],
+                                         pooled)
+        fused: dict[str, int] = {}
+        unfused = staging / "unfused.onnx"  # kept until the fused graph passes its check (removed before hashing)
+        if optimize:
+            shutil.copyfile(model_path, unfused)
+            try:
+                fused = fuse(model_path)
+            except Exception as exc:  # noqa: BLE001 - the rewriter raises many kinds; the plain graph still serves
+                fused, optimize = _unfuse(model_path, unfused, src.name, f"{type(exc).__name__}: {exc}")
+
+        def verify() -> tuple[list[TensorSpec], list[TensorSpec], int, Any]:
+            inputs, outputs, graph_opset = _graph_specs(model_path)
+            for spec in inputs:  # the exporter must not have fixed a dimension that varies
+                for k, d in dims.get({g: n for n, g in graph_names.items()}.get(spec.name, spec.name), {}).items():
+                    if isinstance(spec.shape[k], int):
+                        raise ExportError(
+                            f"the exported graph fixed {spec.name!r} dimension {k} to {spec.shape[k]}, but it varies "
+                            f"across items ({d}); the encoder's forward specialises on that size"
+                        )
+            import onnxruntime as ort
+
+            try:
+                session = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
+            except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own pybind exception types
+                raise ExportError(_ort_failure("loading", src.name, enc.modality, exc, graph_names, dims)) from exc
+            fresh = list(modality.examples(sum(PARITY_BATCHES), seed + 1))
+            batches, start = [], 0
+            for n in PARITY_BATCHES:
+                batches.append(fresh[start : start + n])
+                start += n
+            try:
+                return inputs, outputs, graph_opset, parity(session, reference, enc, names, inputs, batches, dtype)
+            except HubError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - an onnxruntime run failure, or the plugin failing on examples
+                raise ExportError(_ort_failure("running", src.name, enc.modality, exc, graph_names, dims)) from exc
+
+        while True:  # the fused graph first; the unfused one when fusing broke what the plain graph passes
+            try:
+                inputs, outputs, graph_opset, report = verify()
+            except ExportError as exc:
+                if not optimize:
+                    raise
+                fused, optimize = _unfuse(model_path, unfused, src.name, str(exc))
+                continue
+            if report.passed or not optimize:
+                break
+            w = worst(report)
+            fused, optimize = _unfuse(model_path, unfused, src.name, f"parity {w.max_abs_diff:.3g} max abs diff, "
+                                                                     f"{w.min_cosine:.6f} min cosine")
+        unfused.unlink(missing_ok=True)
         if not report.passed:
             w = worst(report)
             bound = "<" if report.metric == "cosine" else ">"
@@ -427,7 +476,8 @@ def export(
                 f"{', pooled' if pooled else ''}, {dtype}) failed its parity check against PyTorch: worst case "
                 f"batch {w.batch}, item sizes {w.sizes}: {report.metric} {value:.3g} {bound} tolerance "
                 f"{report.tolerance:g} (max abs diff {w.max_abs_diff:.3g}, min cosine {w.min_cosine:.6f}). "
-                f"Nothing was written to {str(out)!r}. Try dtype='fp32', another opset, or report the encoder"
+                f"Nothing was written to {str(out)!r}. Try dtype='fp32', optimize=False, another opset, or "
+                "report the encoder"
             )
         preprocess = save_processor(enc, src.name, src.preprocess_options, registry, staging)
         # never a path outside the export: a local weights directory is copied in (or dropped when the
@@ -443,7 +493,7 @@ def export(
             space=src.space, pooling=src.pooling, with_projector=src.projector is not None,
             projector=src.projector.config.model_dump() if src.projector is not None else None,
             pooled=pooled, dtype=dtype, opset=graph_opset, inputs=inputs, outputs=outputs,
-            preprocess=preprocess,
+            preprocess=preprocess, optimized=optimize, fused_ops=fused, quantization=quantization,
             hashes=hashes, parity=report,
         )
         (staging / MANIFEST_NAME).write_text(manifest.model_dump_json(indent=2) + "\n")

@@ -21,7 +21,7 @@ __all__ = ["TensorSpec", "ParityCase", "ParityReport", "ExportManifest", "load_m
 MANIFEST_NAME = "manifest.json"
 MODEL_NAME = "model.onnx"
 FORMAT = 1
-Dtype = Literal["fp32", "fp16"]
+Dtype = Literal["fp32", "fp16", "int8"]
 Device = Literal["cpu", "cuda", "auto"]
 WEIGHT_HASHES = ("encoder", "projector")
 
@@ -93,6 +93,12 @@ class ExportManifest(BaseModel):
     preprocess: dict[str, Any]
     hashes: dict[str, str]
     parity: ParityReport
+    #: rewritten with ONNX Runtime's fused kernels (hub.onnx.optimize); older exports: False
+    optimized: bool = False
+    #: ``{contrib op: count}`` in the graph (Attention, SkipLayerNormalization, ...)
+    fused_ops: dict[str, int] = {}
+    #: int8 exports: what was quantized and what kept in float (hub.onnx.quantize)
+    quantization: dict[str, Any] | None = None
 
 def load_manifest(directory: str | os.PathLike) -> ExportManifest:
     """Read ``directory/manifest.json`` (a :class:`BundleError` naming the problem if it is not an export).

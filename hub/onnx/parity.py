@@ -12,11 +12,12 @@ from ..errors import InvalidInputError
 from .manifest import _TORCH, Dtype, ParityCase, ParityReport, TensorSpec
 
 __all__ = ["as_feed", "feed_keys", "graph_input_names", "compare", "parity", "worst", "FP32_TOLERANCE",
-           "FP16_MIN_COSINE", "OUTPUT_NAMES"]
+           "FP16_MIN_COSINE", "INT8_MIN_COSINE", "OUTPUT_NAMES"]
 
 #: parity tolerances, read at call time (tests monkeypatch them)
 FP32_TOLERANCE = 1e-4  # max abs diff over real tokens
 FP16_MIN_COSINE = 0.999  # min cosine over real tokens, against PyTorch fp32
+INT8_MIN_COSINE = 0.99  # min cosine over real tokens (or pooled rows), against PyTorch fp32
 
 
 #: the graph's output names (``tokens``, ``mask``; ``pooled``): collate keys never become input names equal to these
@@ -83,7 +84,8 @@ def compare(ref: Sequence[torch.Tensor], got: Sequence[np.ndarray], pooled: bool
 
 def parity(session: Any, reference: torch.nn.Module, encoder: Encoder, names: Sequence[str], inputs: Sequence[TensorSpec],
             batches: Sequence[Sequence[Any]], dtype: Dtype) -> ParityReport:
-    metric, tol = ("cosine", FP16_MIN_COSINE) if dtype == "fp16" else ("max_abs_diff", FP32_TOLERANCE)
+    metric, tol = {"fp16": ("cosine", FP16_MIN_COSINE), "int8": ("cosine", INT8_MIN_COSINE)}.get(
+        dtype, ("max_abs_diff", FP32_TOLERANCE))
     cases = []
     device = encoder.device
     for items in batches:

@@ -19,7 +19,7 @@ def graph_name(manifest: ExportManifest) -> str:
     parts = [manifest.modality, manifest.encoder]
     parts += ["projected"] if manifest.with_projector else []
     parts += ["pooled"] if manifest.pooled else []
-    parts += ["fp16"] if manifest.dtype == "fp16" else []
+    parts += [manifest.dtype] if manifest.dtype != "fp32" else []
     return "-".join(parts).replace("/", "_").replace(".", "_")
 
 def write_triton_repository(export_dir: str | os.PathLike, repo_dir: str | os.PathLike, name: str | None = None,

@@ -1,0 +1,146 @@
+"""int8 exports: ONNX Runtime's dynamic quantization of the MatMul weights, calibrated on the modality's examples.
+
+What is quantized: every ``MatMul`` whose second input is a constant 2-D weight (the linear layers:
+attention projections, feed-forward), with int8 weights per output channel and activations quantized
+to uint8 at run time per tensor (``onnxruntime.quantization.quantize_dynamic``; ONNX Runtime runs them
+as ``DynamicQuantizeMatMul`` / ``MatMulIntegerToFloat`` with VNNI where the CPU has it).  Embeddings,
+softmax, LayerNorm, GELU and the attention scores stay in float.
+
+What is kept in float: the linear layers that cost the most accuracy.  A few of them (in MiniLM the
+feed-forward outputs of the first layers, whose inputs carry outlier channels) account for most of the
+error.  Their sensitivity is measured in PyTorch on ``Modality.examples``: each ``nn.Linear`` alone is
+fake-quantized the way ONNX Runtime will quantize it (``torch.fake_quantize_per_channel_affine`` for the
+weight, ``torch.fake_quantize_per_tensor_affine`` over the whole input tensor) and the output's worst
+cosine to fp32 is its cost.  The costliest are kept in float until the summed cost of the rest is within
+:data:`INT8_BUDGET`.  Each linear layer is found in the exported graph by the name scope the exporter
+records on its MatMul node.  The export's parity check then measures the whole int8 graph.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from .parity import compare
+
+__all__ = ["quantize_int8", "linear_nodes", "sensitivity", "keep_float", "INT8_BUDGET"]
+
+#: the summed cost (1 - min cosine per linear layer, see :func:`sensitivity`) the quantized layers may add up to
+INT8_BUDGET = 0.01
+
+
+def _weight_matmuls(model: Any) -> list[Any]:
+    """MatMul nodes whose second input is a constant 2-D weight (an initializer)."""
+    inits = {i.name: i for i in model.graph.initializer}
+    return [n for n in model.graph.node
+            if n.op_type == "MatMul" and n.domain in ("", "ai.onnx") and n.input[1] in inits
+            and len(inits[n.input[1]].dims) == 2]
+
+
+def linear_nodes(model: Any, modules: Sequence[str]) -> dict[str, str]:
+    """``{MatMul node name: module path}`` for the weight MatMuls the exporter traced inside ``modules``.
+
+    The ``torch.export`` exporter records each node's module path in ``pkg.torch.onnx.name_scopes``;
+    a node inside one of ``modules`` (``encoder.model.encoder.layer.0.output.dense``) maps to it.
+    Nodes without that metadata map to ``""``.
+    """
+    wanted = set(modules)
+    out = {}
+    for node in _weight_matmuls(model):
+        meta = {p.key: p.value for p in node.metadata_props}
+        try:
+            scopes = ast.literal_eval(meta.get("pkg.torch.onnx.name_scopes", "[]"))
+        except (ValueError, SyntaxError):
+            scopes = []
+        out[node.name] = next((s for s in reversed(scopes) if s in wanted), "")
+    return out
+
+
+def _fake_quant(x: torch.Tensor) -> torch.Tensor:
+    """uint8, asymmetric, one scale for the whole tensor, range including 0 (DynamicQuantizeLinear)."""
+    lo, hi = min(float(x.min()), 0.0), max(float(x.max()), 0.0)
+    scale = (hi - lo) / 255.0 or 1.0
+    zero = int(np.clip(round(-lo / scale), 0, 255))
+    return torch.fake_quantize_per_tensor_affine(x.float(), scale, zero, 0, 255).to(x.dtype)
+
+
+def _fake_quant_weight(w: torch.Tensor) -> torch.Tensor:
+    """int8, symmetric, one scale per output channel (rows of an ``nn.Linear`` weight)."""
+    scale = (w.detach().abs().amax(dim=1).float() / 127.0).clamp(min=1e-12)
+    zero = torch.zeros(w.shape[0], dtype=torch.int32, device=w.device)
+    return torch.fake_quantize_per_channel_affine(w.float(), scale, zero, 0, -127, 127).to(w.dtype)
+
+
+def sensitivity(reference: torch.nn.Module, batches: Sequence[Sequence[torch.Tensor]], modules: Sequence[str],
+                pooled: bool) -> dict[str, float]:
+    """``{module path: 1 - worst cosine}`` of ``reference``'s output with that one ``nn.Linear`` fake-quantized."""
+    named = dict(reference.named_modules())
+    with torch.inference_mode():
+        refs = [reference(*args) for args in batches]
+    cost: dict[str, float] = {}
+    for name in modules:
+        module = named[name]
+
+        def hook(mod: torch.nn.Module, args: tuple[Any, ...], output: torch.Tensor) -> torch.Tensor:
+            return torch.nn.functional.linear(_fake_quant(args[0]), _fake_quant_weight(mod.weight), mod.bias)
+
+        handle = module.register_forward_hook(hook)
+        worst = 1.0
+        try:
+            with torch.inference_mode():
+                for args, ref in zip(batches, refs):
+                    got = [t.detach().cpu().numpy() for t in reference(*args)]
+                    worst = min(worst, compare(ref, got, pooled)[1])
+        finally:
+            handle.remove()
+        cost[name] = max(0.0, 1.0 - worst)
+    return cost
+
+
+def keep_float(cost: dict[str, float], budget: float = INT8_BUDGET) -> list[str]:
+    """The costliest modules to keep in float, until the summed cost of the rest is within ``budget``."""
+    order = sorted(cost, key=lambda k: -cost[k])
+    total = sum(cost.values())
+    kept: list[str] = []
+    for name in order:
+        if total <= budget:
+            break
+        kept.append(name)
+        total -= cost[name]
+    return kept
+
+
+def quantize_int8(model_path: Path, reference: torch.nn.Module, batches: Sequence[Sequence[torch.Tensor]],
+                  pooled: bool, budget: float | None = None) -> dict[str, Any]:
+    """Quantize ``model_path`` in place (see the module docstring); returns what was done, for the manifest."""
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    model = onnx.load(str(model_path))
+    linears = [n for n, m in reference.named_modules() if isinstance(m, torch.nn.Linear)]
+    nodes = linear_nodes(model, linears)
+    del model
+    cost = sensitivity(reference, batches, sorted({m for m in nodes.values() if m}), pooled)
+    kept = set(keep_float(cost, INT8_BUDGET if budget is None else budget))
+    quantized = sorted(n for n, m in nodes.items() if m not in kept)
+    floats = sorted(n for n, m in nodes.items() if m in kept)
+    if quantized:
+        import logging
+
+        root = logging.getLogger()
+        level = root.level
+        root.setLevel(logging.ERROR)  # quantize_dynamic logs a pre-processing hint on the root logger
+        try:
+            quantize_dynamic(str(model_path), str(model_path), weight_type=QuantType.QInt8, per_channel=True,
+                             op_types_to_quantize=["MatMul"], nodes_to_quantize=quantized,
+                             extra_options={"MatMulConstBOnly": True})
+        finally:
+            root.setLevel(level)
+    return {"method": "dynamic, MatMul weights int8 per channel, activations uint8 per tensor",
+            "quantized": len(quantized), "kept_float": sorted(nodes[n] or n for n in floats),
+            "budget": INT8_BUDGET if budget is None else budget,
+            "estimated_cost": round(sum(c for m, c in cost.items() if m not in kept), 6)}
