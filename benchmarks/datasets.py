@@ -143,12 +143,20 @@ def main() -> None:
     ap.add_argument("--rss-encoder", default="tiny-bert",
                     help="text encoder of the RSS runs (the engine's memory, not the model's speed, is measured)")
     ap.add_argument("--repeats", type=int, default=1, help="interleaved runs of each mode; the best is kept")
+    ap.add_argument("--torch-threads", type=int, default=0,
+                    help="PyTorch intra-op threads of this process (plain loop, local engine, RSS runs); 0: PyTorch's "
+                         "default. On a shared machine 1 avoids waits for descheduled OpenMP threads (Ray actors "
+                         "always run 1 per CPU they hold)")
     ap.add_argument("--no-ray", action="store_true")
     ap.add_argument("--no-rss", action="store_true")
     ap.add_argument("--json", type=Path, default=Path("benchmarks/results/datasets.json"))
     ap.add_argument("--rss-child", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--workdir", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.torch_threads:
+        import torch
+
+        torch.set_num_threads(args.torch_threads)
     if args.rss_child:
         print(json.dumps(rss_child(args.rss_child, args.workdir, args.batch_size, args.rss_encoder)))
         return
@@ -160,7 +168,8 @@ def main() -> None:
 
     work = Path(tempfile.mkdtemp(prefix="mhub-bench-datasets-"))
     h = Hub()
-    results = {"machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
+    results = {"machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform(),
+                           "load_avg_at_start": os.getloadavg()},
                "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}, "workloads": [],
                "rss": []}
     workloads = []
@@ -211,7 +220,8 @@ def main() -> None:
     if not args.no_rss:
         for n in (int(x) for x in args.rss_sizes.split(",")):
             out = subprocess.run([sys.executable, __file__, "--rss-child", str(n), "--workdir", str(work),
-                                  "--batch-size", str(args.batch_size), "--rss-encoder", args.rss_encoder],
+                                  "--batch-size", str(args.batch_size), "--rss-encoder", args.rss_encoder,
+                                  "--torch-threads", str(args.torch_threads)],
                                  capture_output=True, text=True, check=True)
             results["rss"].append(json.loads(out.stdout.strip().splitlines()[-1]))
             r = results["rss"][-1]
@@ -231,6 +241,7 @@ def main() -> None:
             print(f"{r['rows']:<20} {r['encoder']:<10} {r['rss_mb_before']:>13} {r['peak_rss_mb']:>12} "
                   f"{r['growth_mb']:>10} {r['items_per_s']:>9}")
     args.json.parent.mkdir(parents=True, exist_ok=True)
+    results["machine"]["load_avg_at_end"] = os.getloadavg()
     args.json.write_text(json.dumps(results, indent=2))
     print(f"\nwrote {args.json}")
 

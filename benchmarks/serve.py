@@ -322,6 +322,7 @@ def main() -> None:
                          "on a shared machine 1 avoids waits for descheduled OpenMP threads")
     ap.add_argument("--no-onnx", action="store_true", help="skip the `mhub serve --runtime onnx` row")
     ap.add_argument("--skip-rss", action="store_true", help="skip the RSS drift check")
+    ap.add_argument("--rss-only", action="store_true", help="only the RSS drift check (JSON: serve_rss.json beside --json)")
     ap.add_argument("--json", type=Path, default=Path("benchmarks/results/serve.json"))
     # -- chat (issue 13): benchmarks/serve_chat.py --
     ap.add_argument("--chat", action="store_true", help="instead: chat TTFT and tokens/s at 1/4/16 clients on the tiny "
@@ -336,6 +337,15 @@ def main() -> None:
         return
     if args.torch_threads:
         TORCH_THREADS[:] = ["--torch-threads", str(args.torch_threads)]
+    if args.rss_only:
+        n = args.rss_requests or (400 if args.quick else 10_000)
+        s = {"load_avg_at_start": os.getloadavg(), **rss_drift(n)}
+        print(f"RSS over {s['requests']} mixed requests (5 modalities): {s['rss_after_warmup_mb']:.0f} MB after "
+              f"warm-up -> {s['rss_end_mb']:.0f} MB at the end ({100 * s['drift']:+.1f}%), errors {s['errors'] or 'none'}"
+              f", {s['seconds']:.0f} s")
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.with_name("serve_rss.json").write_text(json.dumps(s, indent=2))
+        return
     scale = args.scale if args.scale is not None else (0.2 if args.quick else 1.0)
     counts = {c: max(c, int(scale * n)) for c, n in {1: 40, 8: 160, 32: 480, 64: 640}.items()}
     rss_n = args.rss_requests or (400 if args.quick else 10_000)

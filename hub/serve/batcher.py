@@ -84,6 +84,7 @@ class Batcher:
         self._jobs: deque[_Job] = deque()
         self.queued_items = 0
         self.reserved_items = 0  # admitted items still being prepared
+        self.taken_items = 0  # items cut into batches that have not finished (waiting for a thread, or running)
         self.incoming = 0  # requests for this encoder being prepared (they are about to be submitted)
         self._wake: asyncio.Event | None = None
         self._task: asyncio.Task | None = None
@@ -143,7 +144,12 @@ class Batcher:
     def retry_after(self, extra: int = 0) -> int:
         """Seconds until the queue has likely drained enough for ``extra`` more items (1..60)."""
         rate = self._rate if self._rate > 0 else 1.0
-        return int(min(60, max(1, math.ceil((self.queued_items + self.reserved_items + extra) / rate))))
+        return int(min(60, max(1, math.ceil((self.backlog + extra) / rate))))
+
+    @property
+    def backlog(self) -> int:
+        """Admitted items not yet embedded: being prepared, queued, or in batches not finished."""
+        return self.queued_items + self.reserved_items + self.taken_items
 
     def admit(self, n: int) -> None:
         """Reserve room for a request's ``n`` items before they are prepared, or refuse it with 429.
@@ -151,8 +157,8 @@ class Batcher:
         Items being prepared count against ``max_queue_items`` too, so under overload the work a
         server has accepted stays bounded and refusals are answered at once, before any decoding.
         """
-        if self.queued_items + self.reserved_items + n > self.cfg.max_queue_items:
-            raise ApiError(429, f"model {self.name!r} is at capacity ({self.queued_items + self.reserved_items} items "
+        if self.backlog + n > self.cfg.max_queue_items:
+            raise ApiError(429, f"model {self.name!r} is at capacity ({self.backlog} items "
                            f"queued or being prepared, limit {self.cfg.max_queue_items}); retry later",
                            reason="queue_full", code="queue_full", headers={"Retry-After": str(self.retry_after(n))})
         self.reserved_items += n
@@ -222,6 +228,7 @@ class Batcher:
             for job in dict.fromkeys(job for job, _ in batch):
                 self._fail(job, exc)
         finally:
+            self.taken_items -= len(batch)
             slots.release()
 
     async def _execute(self, batch: list[tuple[_Job, int]]) -> None:
@@ -259,6 +266,7 @@ class Batcher:
                 continue
             items.extend((job, i) for i in range(len(job.prepared)))
             self.queued_items -= len(job.prepared)
+            self.taken_items += len(job.prepared)
             if not self.cfg.batching:
                 break
         self.metrics.queue_depth.labels(self.name).set(self.queued_items)

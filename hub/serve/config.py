@@ -34,7 +34,8 @@ class ServeConfig(BaseModel):
                                 "2048 on CPU (bigger batches run slower per item there), 16384 on a GPU")
     max_batch_items: int = Field(256, ge=1, description="items per executed batch")
     max_wait_ms: float = Field(5.0, ge=0, description="how long a batch waits for more items once it has one")
-    max_queue_items: int = Field(4096, ge=1, description="items waiting per encoder; above it requests get 429")
+    max_queue_items: int = Field(4096, ge=1, description="items admitted per encoder and not yet embedded (being prepared, "
+                                 "queued, or in batches not finished); above it requests get 429")
     batching: bool = Field(True, description="False: every batch holds one request's items (for comparison)")
     cache: str | None = Field(None, description="embedding cache file (hub.cache): items already embedded are not run "
                                                 "again; None: off")
