@@ -137,3 +137,14 @@ def test_an_old_directory_with_encoder_state_still_loads(aligned_audio, tmp_path
     got = enc.encode(clips[:2]).pooled(normalize=True)
     assert torch.allclose(got, result.embed_aligned(clips[:2]), atol=1e-5)
     shutil.rmtree(legacy)
+
+
+def test_tiny_presets_scale_to_real_sizes_for_benchmarks(hub):
+    clap = hub.registry.create_processor("tiny-clap", htsat=True)  # HTSAT geometry: no weights built
+    assert (clap.sampling_rate, clap.window_samples, clap.frames) == (48000, 480000, 64)
+    whisper = hub.registry.create_processor("tiny-whisper", num_mel_bins=80, hidden_size=512, num_layers=6,
+                                            num_heads=8, chunk_length=30)
+    assert whisper.frames == 1500 and whisper.config.d_model == 512 and whisper.config.encoder_ffn_dim == 2048
+    assert whisper.collate([whisper.prepare(hub_audio.sample())])["input_features"].shape == (1, 80, 3000)
+    with pytest.raises(InvalidOptionsError, match="not a multiple of num_heads"):
+        hub.registry.create_processor("tiny-whisper", hidden_size=48, num_heads=5)
