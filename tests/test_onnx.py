@@ -401,3 +401,17 @@ def test_embed_pooled_uses_a_pooled_export_and_keys_the_cache_by_it(tmp_path):
     with pytest.raises(InvalidInputError, match="holds a fp32 export, not int8"):
         h.embed(texts, encoder="tiny-bert", runtime="onnx", onnx_dir=next((tmp_path / "onnx").glob("tiny-bert-*")),
                 onnx_dtype="int8")
+
+
+def test_a_fusion_that_fails_keeps_the_unfused_graph(h, tmp_path, monkeypatch):
+    def broken(path):
+        raise RuntimeError("rewriter bug")
+
+    import sys
+
+    monkeypatch.setattr(sys.modules["hub.onnx.export"], "fuse", broken)  # (hub.onnx.export is also the function)
+    with pytest.warns(RuntimeWarning, match="fusions of tiny-bert failed .*rewriter bug.*unfused graph"):
+        m = ho.export("text", tmp_path / "plain", encoder="tiny-bert", hub=h)
+    assert not m.optimized and m.fused_ops == {} and m.parity.passed
+    assert sorted(p.name for p in (tmp_path / "plain").glob("*.onnx")) == ["model.onnx"]  # no leftover graph
+    ho.OnnxEncoder(tmp_path / "plain", hub=h)  # the hashes match what is there
