@@ -12,7 +12,8 @@ error.  Their sensitivity is measured in PyTorch on ``Modality.examples``: each 
 fake-quantized the way ONNX Runtime will quantize it (``torch.fake_quantize_per_channel_affine`` for the
 weight, ``torch.fake_quantize_per_tensor_affine`` over the whole input tensor) and the output's worst
 cosine to fp32 is its cost.  The costliest are kept in float until the summed cost of the rest is within
-:data:`INT8_BUDGET`.  Each linear layer is found in the exported graph by the name scope the exporter
+:data:`INT8_BUDGET`; when the quantized graph then falls below :data:`CALIBRATION_MIN_COSINE` on those
+examples, the budget is halved and the float graph quantized again.  Each linear layer is found in the exported graph by the name scope the exporter
 records on its MatMul node.  The export's parity check then measures the whole int8 graph.
 """
 
@@ -25,12 +26,15 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from .parity import compare
+from .parity import INT8_MIN_COSINE, compare
 
-__all__ = ["quantize_int8", "linear_nodes", "sensitivity", "keep_float", "INT8_BUDGET"]
+__all__ = ["quantize_int8", "linear_nodes", "sensitivity", "keep_float", "INT8_BUDGET", "CALIBRATION_MIN_COSINE"]
 
 #: the summed cost (1 - min cosine per linear layer, see :func:`sensitivity`) the quantized layers may add up to
 INT8_BUDGET = 0.01
+#: the worst cosine the int8 graph must keep on the calibration examples, else fewer layers are quantized
+#: (the parity threshold: the export's check on fresh examples asks the same)
+CALIBRATION_MIN_COSINE = INT8_MIN_COSINE
 
 
 def _weight_matmuls(model: Any) -> list[Any]:
@@ -114,9 +118,28 @@ def keep_float(cost: dict[str, float], budget: float = INT8_BUDGET) -> list[str]
     return kept
 
 
+def _min_cosine(model_path: Path, batches: Sequence[Sequence[torch.Tensor]], refs: Sequence[Any], pooled: bool) -> float:
+    """Worst cosine of the graph at ``model_path`` against the reference outputs, on the calibration batches."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
+    worst = 1.0
+    for args, ref in zip(batches, refs):  # graph inputs are the collate tensors, in order
+        feed = {i.name: t.detach().cpu().numpy() for i, t in zip(session.get_inputs(), args)}
+        worst = min(worst, compare(ref, session.run(None, feed), pooled)[1])
+    return worst
+
+
 def quantize_int8(model_path: Path, reference: torch.nn.Module, batches: Sequence[Sequence[torch.Tensor]],
                   pooled: bool, budget: float | None = None) -> dict[str, Any]:
-    """Quantize ``model_path`` in place (see the module docstring); returns what was done, for the manifest."""
+    """Quantize ``model_path`` in place (see the module docstring); returns what was done, for the manifest.
+
+    The quantized graph is checked on the calibration batches: below :data:`CALIBRATION_MIN_COSINE` it is
+    quantized again from the float graph with half the budget (more layers in float), up to three times.
+    """
+    import logging
+    import shutil
+
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
@@ -125,22 +148,30 @@ def quantize_int8(model_path: Path, reference: torch.nn.Module, batches: Sequenc
     nodes = linear_nodes(model, linears)
     del model
     cost = sensitivity(reference, batches, sorted({m for m in nodes.values() if m}), pooled)
-    kept = set(keep_float(cost, INT8_BUDGET if budget is None else budget))
-    quantized = sorted(n for n, m in nodes.items() if m not in kept)
-    floats = sorted(n for n, m in nodes.items() if m in kept)
-    if quantized:
-        import logging
-
-        root = logging.getLogger()
-        level = root.level
-        root.setLevel(logging.ERROR)  # quantize_dynamic logs a pre-processing hint on the root logger
-        try:
-            quantize_dynamic(str(model_path), str(model_path), weight_type=QuantType.QInt8, per_channel=True,
-                             op_types_to_quantize=["MatMul"], nodes_to_quantize=quantized,
+    with torch.inference_mode():
+        refs = [reference(*args) for args in batches]
+    budget = INT8_BUDGET if budget is None else budget
+    source = model_path.with_name("float-source.onnx")
+    shutil.copyfile(model_path, source)
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)  # quantize_dynamic logs a pre-processing hint on the root logger
+    try:
+        for attempt in range(1, 4):
+            kept = set(keep_float(cost, budget))
+            quantized = sorted(n for n, m in nodes.items() if m not in kept)
+            quantize_dynamic(str(source), str(model_path), weight_type=QuantType.QInt8, per_channel=True,
+                             op_types_to_quantize=["MatMul"], nodes_to_quantize=quantized or ["(none)"],
                              extra_options={"MatMulConstBOnly": True})
-        finally:
-            root.setLevel(level)
+            calibration = _min_cosine(model_path, batches, refs, pooled)
+            if calibration >= CALIBRATION_MIN_COSINE or not quantized:
+                break
+            budget /= 2
+    finally:
+        root.setLevel(level)
+        source.unlink(missing_ok=True)
+    floats = sorted(n for n, m in nodes.items() if m in kept)
     return {"method": "dynamic, MatMul weights int8 per channel, activations uint8 per tensor",
-            "quantized": len(quantized), "kept_float": sorted(nodes[n] or n for n in floats),
-            "budget": INT8_BUDGET if budget is None else budget,
-            "estimated_cost": round(sum(c for m, c in cost.items() if m not in kept), 6)}
+            "quantized": len(quantized), "kept_float": sorted(nodes[n] or n for n in floats), "budget": budget,
+            "estimated_cost": round(sum(c for m, c in cost.items() if m not in kept), 6),
+            "calibration_min_cosine": round(calibration, 6), "attempts": attempt}
