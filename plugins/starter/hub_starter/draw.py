@@ -168,21 +168,21 @@ def draw_summary(report: dict[str, Any], path: str | os.PathLike) -> Path:
     from PIL import Image, ImageDraw
 
     rows = summary_rows(report)
-    bar, gap, height, top, left = 14, 26, 220, 40, 40
+    bar, gap, height, top, left = 14, 26, 220, 56, 40
     width = left + len(rows) * (len(SUMMARY_BARS) * bar + gap) + 20
-    img = Image.new("RGB", (max(width, 560), top + height + 80), "white")
+    img = Image.new("RGB", (max(width, 560), top + height + 30), "white")
     draw = ImageDraw.Draw(img)
     draw.text((6, 4), f"starter pack, seed {report.get('seed')} ({report.get('budget')}): top-1", fill=(0, 0, 0))
     for i, (label, colour) in enumerate(SUMMARY_BARS):  # legend
         x = 6 + (i % 3) * 180
-        y = 18 + (i // 3) * 11
+        y = 18 + (i // 3) * 14
         draw.rectangle([x, y + 2, x + 8, y + 9], fill=colour)
         draw.text((x + 12, y), label, fill=(0, 0, 0))
     base = top + height
     for tick in (0.0, 0.5, 0.7, 0.93, 1.0):
         y = base - tick * height
         draw.line([(left - 4, y), (img.width - 10, y)], fill=(225, 225, 225) if tick not in (0.7, 0.93) else (240, 170, 170))
-        draw.text((4, y - 6), f"{tick:.2f}", fill=(90, 90, 90))
+        draw.text((4, y - 6) if tick != 0.93 else (img.width - 34, y - 12), f"{tick:.2f}", fill=(90, 90, 90))
     x = left
     for name, values in rows.items():
         for (label, colour), v in zip(SUMMARY_BARS, values):
