@@ -19,6 +19,10 @@ registered augmentations) where that helps, aligns it to the text anchor
 zero-shot classification per modality and emergent audio → image retrieval,
 :func:`ablation` compares the pipeline with and without pretraining, and
 :func:`query` / :func:`draw_query` answer a text query across the modalities.
+:mod:`hub_starter.shift` generates shifted evaluation sets (other digit styles, voices, graph sizes, 3D
+distortions; never trained on), :mod:`hub_starter.baselines` fits raw-feature logistic regressions on the
+same split, :mod:`hub_starter.normalise` removes nuisance factors (contrast, placement, pose, stretch) and
+:mod:`hub_starter.views` makes the augmented views alignment sees; :func:`evaluate` reports all of it.
 
 This plugin (distribution ``modality-hub-starter``) adds ``mhub starter-pack``, ``mhub eval`` and a step of
 ``mhub demo`` through the ``register_commands`` hook; the core knows nothing of it.
