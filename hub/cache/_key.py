@@ -386,6 +386,9 @@ def _state(h: Any, obj: Any, home: str, deep: bool, depth: int, seen: set[int]) 
             h.update(json.dumps(sorted(obj.get_vocab().items()), default=str).encode())
         return
     to_json = getattr(obj, "to_json_string", None)
+    if callable(to_json) and not deep and hasattr(obj, "__dict__"):  # the light pass: the attributes' repr
+        h.update(repr(sorted(vars(obj).items(), key=lambda kv: kv[0])).encode())
+        return
     if callable(to_json):  # transformers configs, image processors, feature extractors
         try:
             h.update(to_json().encode())
@@ -422,12 +425,12 @@ _PROCESSORS: "weakref.WeakKeyDictionary[Any, tuple[bytes, bytes]]" = weakref.Wea
 
 def processor_digest(encoder: Any) -> bytes:
     """sha256 of what an encoder's ``prepare`` depends on besides the item (see :func:`_state`) and the
-    decoder library versions.  A light pass runs every call; the full one (tokenizer vocabularies and
-    pipelines) only when the light one changes."""
+    decoder library versions.  A light pass (attribute reprs: valid within this process only) runs every
+    call; the full one (configs as JSON, tokenizer vocabularies and pipelines) only when the light one
+    changes."""
     home = type(encoder).__module__.split(".")[0]
     light = hashlib.sha256()
     _state(light, encoder, home, False, 0, set())
-    light.update(json.dumps(decoder_versions(), sort_keys=True).encode())
     sig = light.digest()
     try:
         memo = _PROCESSORS.get(encoder)
@@ -435,7 +438,7 @@ def processor_digest(encoder: Any) -> bytes:
         memo = None
     if memo is not None and memo[0] == sig:
         return memo[1]
-    deep = hashlib.sha256(sig)
+    deep = hashlib.sha256(json.dumps(decoder_versions(), sort_keys=True).encode())
     _state(deep, encoder, home, True, 0, set())
     digest = deep.digest()
     try:

@@ -176,9 +176,15 @@ class EmbeddingCache:
         try:
             conn.execute(f"PRAGMA busy_timeout = {int(self.timeout * 1000)}")
             if self.check != "none":
-                rows = conn.execute("PRAGMA quick_check" if self.check == "quick" else "PRAGMA integrity_check").fetchall()
-                if [r[0] for r in rows] != ["ok"]:
-                    raise _Corrupt("; ".join(str(r[0]) for r in rows[:3]))
+                # "quick": every table but the blobs (the bulk of the file: 55 ms for 5 MB, seconds for 500 MB), whose
+                # rows carry checksums and whose pages SQLite checks as it reads them; "full": the whole file
+                tables = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+                checks = ([f"PRAGMA quick_check({t})" for t in tables if t != "blobs"] or ["PRAGMA quick_check"]) \
+                    if self.check == "quick" else ["PRAGMA integrity_check"]
+                for q in checks:
+                    rows = conn.execute(q).fetchall()
+                    if [r[0] for r in rows] != ["ok"]:
+                        raise _Corrupt("; ".join(str(r[0]) for r in rows[:3]))
             if conn.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
                 # both only take effect on a new, empty file; 1 KiB pages: rows of any size spill into full
                 # overflow pages, so the file stays close to the token bytes (4 KiB pages waste up to half a page
