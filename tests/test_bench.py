@@ -139,26 +139,3 @@ def test_gpu_script_exits_2_without_cuda(tmp_path):
     assert proc.returncode == 2
     assert "no CUDA device" in proc.stderr and "onnxruntime-gpu" in proc.stderr
     assert not (tmp_path / "onnx_gpu.json").exists()
-
-
-def test_graph_aggregation_exports_as_row_scatters_and_matches_pyg(hub, tmp_path):
-    """The GAT export's neighbour sums are ScatterND (a row per message), not ScatterElements (an index per
-    element: 69% of the graph's ONNX Runtime time at real size); eager results equal PyG's own scatter."""
-    import onnx
-
-    import hub.onnx as ho
-    from hub_graph import _encoder as ge
-    from hub_graph import examples
-
-    enc = hub.registry.create_encoder("gat", hidden_channels=32, heads=4)
-    tensors = enc.collate([enc.prepare(g, i) for i, g in enumerate(examples(6, 1))])
-    with torch.no_grad():
-        ours = enc(**tensors).tokens
-        for m in enc.gnn.modules():  # back to PyG's scatter-based aggregations
-            if isinstance(getattr(m, "aggr_module", None), ge._IndexAddAggregation):
-                m.aggr_module = ge.SumAggregation()
-        assert torch.equal(ours, enc(**tensors).tokens)
-    ho.export("graph", tmp_path / "gat", encoder="gat", registry=hub.registry)
-    nodes = onnx.load(str(tmp_path / "gat" / "model.onnx")).graph.node
-    row_sums = [n for n in nodes if n.op_type == "ScatterND" and any(a.name == "reduction" and a.s == b"add" for a in n.attribute)]
-    assert len(row_sums) == 2  # one per GATv2 layer

@@ -45,7 +45,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from safetensors.torch import load_file, save_file
 from torch_geometric.data import Batch, Data
 from torch_geometric.nn import MLP, GINConv, GPSConv
-from torch_geometric.nn.aggr import Aggregation, MeanAggregation, SumAggregation
 from torch_geometric.nn.pool.select import SelectTopK
 from torch_geometric.nn.models import GAT, GIN, GraphSAGE
 
@@ -164,45 +163,6 @@ class GraphConfig(BaseModel):
     undirected: bool = True
 
 
-class _IndexAddAggregation(Aggregation):
-    """PyG's ``sum`` / ``mean`` neighbour aggregation, summed with ``index_add`` instead of ``scatter_add``.
-
-    Same arithmetic as ``torch_geometric.utils.scatter`` (a sum per destination node; ``mean``
-    divides by the in-degree clamped to 1), but the ONNX exporter writes ``index_add`` as
-    ``ScatterND`` (one index per row of messages) where ``scatter_add`` of a broadcast index
-    becomes ``ScatterElements`` (one index per element): ONNX Runtime runs the first ~25x faster
-    (profiled on the GAT export: ScatterElements was 69% of the graph's time at 256-d, 4k nodes).
-    """
-
-    def __init__(self, reduce: str) -> None:
-        super().__init__()
-        self.how = reduce
-
-    def forward(self, x: torch.Tensor, index: torch.Tensor | None = None, ptr: torch.Tensor | None = None,
-                dim_size: int | None = None, dim: int = -2) -> torch.Tensor:
-        if index is None or ptr is not None:
-            return self.reduce(x, index, ptr, dim_size, dim, reduce=self.how)
-        dim = dim + x.dim() if dim < 0 else dim
-        if dim_size is None:
-            dim_size = int(index.max()) + 1 if index.numel() > 0 else 0
-        shape = list(x.shape)
-        shape[dim] = dim_size
-        out = x.new_zeros(shape).index_add(dim, index, x)  # (nodes, ...)
-        if self.how == "mean":
-            count = x.new_zeros(dim_size).index_add(0, index, x.new_ones(x.shape[dim])).clamp(min=1)  # (nodes,)
-            out = out / count.view([-1 if d == dim else 1 for d in range(x.dim())])
-        return out
-
-
-def _index_add_aggregations(gnn: torch.nn.Module) -> torch.nn.Module:
-    """Every PyG layer's ``sum`` / ``mean`` aggregation as :class:`_IndexAddAggregation` (no parameters: same state dict)."""
-    for module in gnn.modules():
-        aggr = getattr(module, "aggr_module", None)
-        if type(aggr) in (SumAggregation, MeanAggregation):
-            module.aggr_module = _IndexAddAggregation("sum" if isinstance(aggr, SumAggregation) else "mean")
-    return gnn
-
-
 #: architecture name -> builder of the node-embedding network (x, edge_index, batch=...) -> (nodes, hidden)
 BUILDERS: dict[str, Callable[[GraphConfig], torch.nn.Module]] = {
     "gin": lambda c: GIN(c.in_channels, c.hidden_channels, c.num_layers),
@@ -268,7 +228,7 @@ class GraphEncoder(Encoder):
         self.max_tokens, self.graph_token = config.max_tokens, config.graph_token
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            self.gnn = _index_add_aggregations(BUILDERS[config.arch](config))
+            self.gnn = BUILDERS[config.arch](config)
             # TopKPooling's node selection; identity act: rank on s, gate with tanh(s) in forward
             self.select = SelectTopK(config.hidden_channels, ratio=config.max_tokens, act=torch.nn.Identity())
         self.dim = config.hidden_channels
