@@ -52,6 +52,8 @@ def info(path: Path | None, as_json: bool) -> None:
         return
     click.echo(f"path      {data['path']}")
     click.echo(f"entries   {data['entries']}")
+    if "aliases" in data:
+        click.echo(f"aliases   {data['aliases']} (raw items that skip prepare)")
     click.echo(f"stored    {_size(data['payload_bytes'])} of {_size(data['max_bytes'])} (bound; LRU eviction)")
     click.echo(f"file      {_size(data['file_bytes'])} (with WAL)")
     for space, n in data["spaces"].items():
