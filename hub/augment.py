@@ -1,4 +1,5 @@
-"""Helpers for plugins that register augmentations (``register_augmentations``).
+"""Helpers for plugins that register augmentations (``register_augmentations``), and
+:class:`TransformedProcessor`, which runs registered transforms before a processor.
 
 ``AugmentParams`` is the base of an augmentation's parameter model,
 ``value_range(ge=..., le=...)`` the type of a ``(low, high)`` parameter, and
@@ -13,11 +14,12 @@ from typing import TYPE_CHECKING, Annotated, Any, Sequence, TypeVar
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
 from .errors import InvalidInputError, InvalidOptionsError
+from .processor import Processor
 
 if TYPE_CHECKING:  # pragma: no cover
     from ._registry import Registry
 
-__all__ = ["AugmentParams", "value_range", "parse_params", "augment"]
+__all__ = ["AugmentParams", "value_range", "parse_params", "augment", "TransformedProcessor"]
 
 P = TypeVar("P", bound=BaseModel)
 
@@ -69,3 +71,47 @@ def augment(registry: "Registry", item: Any, name: str | Sequence[str], modality
         spec = registry.augmentation(modality, n)
         item = spec.fn(item, rng, **validate_options(spec.params, params, f"augmentation {spec.key!r}"))
     return item
+
+
+class TransformedProcessor(Processor):
+    """A processor that first runs deterministic, registered transforms on every item (seed 0), then the
+    inner processor: the input normalisation an aligned encoder was trained with (``align.json``'s
+    ``transforms``; an export records them in ``preprocess.transforms``).  Each transform is an augmentation
+    registered for the modality (:func:`hub.augment.augment`), so a file can only choose installed code."""
+
+    def __init__(self, inner: Processor, transforms: Sequence[dict[str, Any]], registry: Any) -> None:
+        from .errors import BundleError, HubError
+
+        self.inner, self.transforms, self.registry = inner, [dict(t) for t in transforms], registry
+        self.name, self.modality = inner.name, inner.modality
+        self.accepts, self.reload_as = tuple(inner.accepts), inner.reload_as
+        for t in self.transforms:  # every named transform must be installed: never embed without it
+            try:
+                registry.augmentation(self.modality, t["name"])
+            except HubError as exc:
+                raise BundleError(
+                    f"{self.name}: the input transform {t['name']!r} ({self.modality}) is not registered; install "
+                    f"the plugin that registers it (registered: {', '.join(registry.list_augmentations(self.modality)) or 'none'})"
+                ) from exc
+
+    def prepare(self, item: Any, index: int = 0) -> Any:
+        from .errors import HubError
+
+        for t in self.transforms:
+            try:
+                item = augment(self.registry, item, t["name"], self.modality, seed=0, **t["params"])
+            except HubError as exc:
+                raise self.invalid(index, item, f"input transform {t['name']!r} failed: {exc}") from exc
+        return self.inner.prepare(item, index)
+
+    def collate(self, prepared: Sequence[Any]) -> dict[str, Any]:
+        return self.inner.collate(prepared)
+
+    def num_tokens(self, prepared: Any) -> int:
+        return self.inner.num_tokens(prepared)
+
+    def length(self, prepared: Any) -> int:
+        return self.inner.length(prepared)
+
+    def save(self, directory: Any) -> dict[str, Any] | None:
+        return self.inner.save(directory)

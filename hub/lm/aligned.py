@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from ..encoder import Encoder
+from ..augment import TransformedProcessor
 from ..processor import EncoderProcessor
 from ..tokens import TokenEmbeddings
 from .projectors import Projector
@@ -25,11 +26,13 @@ class ProjectedEncoder(Encoder):
     """``projector(encoder(...))`` as one encoder whose tokens live in ``space``."""
 
     def __init__(self, encoder: Encoder, projector: Projector, space: str, *, name: str | None = None,
-                 source: str | None = None) -> None:
+                 source: str | None = None, transforms: Any = (), registry: Any = None) -> None:
         super().__init__()
         self.encoder = encoder.eval()
         self.projector = projector.eval()
         self.item_processor = encoder.item_processor or EncoderProcessor(encoder)
+        if transforms:  # the input normalisation the projector was trained with (align.json's transforms)
+            self.item_processor = TransformedProcessor(self.item_processor, transforms, registry)
         self.name = name or f"aligned-{encoder.name}"
         self.modality = encoder.modality
         self.dim = int(projector.out_dim)

@@ -90,6 +90,7 @@ class _Source:
     projector: "Projector | None"
     space: str
     pooling: Pooling
+    transforms: tuple = ()  # an aligned directory's input transforms (align.json), applied before the processor
 
 
 def _resolve(source: str | Encoder, encoder: str | None, options: dict[str, Any] | None, bundle: str | None,
@@ -112,7 +113,7 @@ def _resolve(source: str | Encoder, encoder: str | None, options: dict[str, Any]
         enc = None
         name = encoder or registry.modality(modality).default_encoder
     preprocess_options = dict(options)
-    projector, space, pooling = None, None, None
+    projector, space, pooling, transforms = None, None, None, ()
     if bundle is not None and (Path(bundle) / "align.json").is_file():
         # an aligned projector from hub.train.align (no backbone): its encoder + projector
         ref = AlignResult.read_manifest(bundle)  # size cap, format, hashes, paths, options
@@ -122,7 +123,7 @@ def _resolve(source: str | Encoder, encoder: str | None, options: dict[str, Any]
             raise InvalidInputError(f"{str(bundle)!r} was aligned with encoder {ref.encoder!r}, not {encoder!r}")
         result = AlignResult.load(bundle, registry=registry)
         enc, name, options = result.encoder, ref.encoder, dict(ref.encoder_options)
-        preprocess_options = dict(options)
+        preprocess_options, transforms = dict(options), tuple(ref.transforms)
         if ref.encoder_dir:
             preprocess_options["weights"] = str(inside(Path(bundle), ref.encoder_dir, "align.json: encoder_dir"))
         if with_projector:
@@ -155,7 +156,7 @@ def _resolve(source: str | Encoder, encoder: str | None, options: dict[str, Any]
         enc = (hub.encoder(name, modality=modality, **options) if hub is not None  # shares the hub's instance
                else registry.create_encoder(name, **options))
     return _Source(enc.eval(), name, options, preprocess_options, projector,
-                   space or enc.space, pooling or enc.pooling)
+                   space or enc.space, pooling or enc.pooling, transforms)
 
 
 # -- dynamic dimensions ---------------------------------------------------------------------
@@ -480,6 +481,8 @@ def export(
                 "report the encoder"
             )
         preprocess = save_processor(enc, src.name, src.preprocess_options, registry, staging)
+        if src.transforms:  # OnnxEncoder applies them before the processor, as the aligned encoder does
+            preprocess["transforms"] = [dict(t) for t in src.transforms]
         # never a path outside the export: a local weights directory is copied in (or dropped when the
         # processor's own files are there) and recorded relative (hub.onnx.manifest.load_manifest resolves it)
         options, preprocess["options"], weights = _portable(staging, src.options, dict(preprocess.get("options") or {}),

@@ -14,6 +14,7 @@ from .._atomic import recover
 from .._manifest import file_options, file_sha256, inside, read_manifest
 from ..errors import BundleError
 from ..tokens import Pooling
+from ..processor import check_transforms
 
 __all__ = ["TensorSpec", "ParityCase", "ParityReport", "ExportManifest", "load_manifest", "file_sha256",
            "MANIFEST_NAME", "MODEL_NAME", "FORMAT", "WEIGHT_HASHES", "Dtype", "Device"]
@@ -124,6 +125,8 @@ def load_manifest(directory: str | os.PathLike) -> ExportManifest:
             pre[key] = file_options(pre[key], f"{where}: preprocess.{key}", root=root)
     if pre.get("processor_dir") is not None:
         inside(root, str(pre["processor_dir"]), f"{where}: preprocess.processor_dir")
+    if "transforms" in pre:
+        pre["transforms"] = check_transforms(pre["transforms"], f"{where}: preprocess.transforms")
     m.preprocess = pre
     _check_external_data(root / MODEL_NAME, root, where)
     return m

@@ -13,6 +13,7 @@ from typing import Any
 from .._registry import Registry
 from ..encoder import Encoder
 from ..errors import BundleError
+from ..augment import TransformedProcessor
 from ..processor import EncoderProcessor, Processor
 
 __all__ = ["PROCESSOR_DIR", "save_processor", "load_processor"]
@@ -35,6 +36,9 @@ def save_processor(encoder: Encoder, name: str, options: dict[str, Any], registr
     entry of the manifest: the encoder and options that rebuild the processor, and where its files are."""
     preprocess: dict[str, Any] = {"encoder": name, "options": dict(options)}
     processor = _processor_of(encoder, name, options, registry)
+    if isinstance(processor, TransformedProcessor):  # an aligned encoder's input normalisation travels too
+        preprocess["transforms"] = [dict(t) for t in processor.transforms]
+        processor = processor.inner
     if processor is None or isinstance(processor, EncoderProcessor):
         return preprocess
     saved = processor.save(staging / PROCESSOR_DIR)
@@ -57,4 +61,6 @@ def load_processor(preprocess: dict[str, Any], directory: Path, registry: Regist
     else:
         processor = registry.create_processor(str(preprocess["encoder"]), **dict(preprocess.get("options") or {}))
     processor.name = str(preprocess["encoder"])
+    if preprocess.get("transforms"):
+        processor = TransformedProcessor(processor, preprocess["transforms"], registry)
     return processor

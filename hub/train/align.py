@@ -25,6 +25,7 @@ from ..backbone import Backbone
 from ..encoder import Encoder
 from ..errors import BundleError, ContextLengthError, InvalidInputError, InvalidOptionsError
 from ..lm import Composer, MultimodalLM, ProjectedEncoder, Projector, attach, build_projector
+from ..processor import check_transforms
 from ..tokens import TokenEmbeddings
 from .heads import LogitScale
 from .loop import forward, make_config, resolve_encoder, resolve_registry, resume_run, train_epochs
@@ -83,6 +84,9 @@ class AlignManifest(BaseModel):
     anchor_options: dict[str, Any] = {}
     backbone: str | None = None
     config: dict[str, Any] = {}
+    transforms: list[dict[str, Any]] = Field(
+        default_factory=list, description="registered augmentations of the modality run (seed 0) on every item "
+        "before the encoder: the input normalisation the projector was trained with")
     files: dict[str, str] = Field(default_factory=dict, description="sha256 of every file (relative path → hex)")
 
 
@@ -109,6 +113,9 @@ class AlignResult:
     checkpoint: Path | None = None
     directory: Path | None = None
     epoch_losses: list[float] = field(default_factory=list)
+    #: input transforms (``[{"name", "params"}]``, registered augmentations) the items went through before
+    #: the encoder in training; saved in ``align.json``, applied by :func:`aligned_encoder`
+    transforms: list[dict[str, Any]] = field(default_factory=list)
 
     @torch.no_grad()
     def embed_aligned(self, items: Sequence[Any], batch_size: int = 64) -> torch.Tensor:
@@ -155,7 +162,8 @@ class AlignResult:
                 modality=self.modality, objective=self.config.objective, space=self.space, encoder=enc_name,
                 encoder_options=enc_options, encoder_dir=enc_dir, anchor=self.config.anchor,
                 anchor_encoder=anchor_name, anchor_options=dict(self.config.anchor_options),
-                backbone=self.config.backbone, config=json.loads(self.config.model_dump_json()), files=hash_files(stage),
+                backbone=self.config.backbone, config=json.loads(self.config.model_dump_json()),
+                transforms=[dict(t) for t in self.transforms], files=hash_files(stage),
             )
             (stage / ALIGN_MANIFEST).write_text(manifest.model_dump_json(indent=2) + "\n", encoding="utf-8")
         self.directory = out
@@ -181,6 +189,7 @@ class AlignResult:
         manifest.anchor_options = file_options(manifest.anchor_options, f"{where}: anchor_options")
         if manifest.encoder_dir is not None:
             inside(root, manifest.encoder_dir, f"{where}: encoder_dir")
+        manifest.transforms = check_transforms(manifest.transforms, f"{where}: transforms")
         return manifest
 
     @classmethod
@@ -205,7 +214,7 @@ class AlignResult:
             anchor = registry.create_encoder(manifest.anchor_encoder, **manifest.anchor_options).eval()
         config = AlignConfig(**manifest.config)
         return cls(manifest.modality, manifest.objective, encoder, Projector.load(root, registry=registry), config, [], manifest.space,
-                   anchor, None, manifest.encoder, directory=root)
+                   anchor, None, manifest.encoder, directory=root, transforms=list(manifest.transforms))
 
 
 def _pairs(pairs: Sequence[Any]) -> tuple[list[Any], list[str]]:
@@ -429,6 +438,6 @@ def aligned_encoder(directory: str | os.PathLike, registry: Registry | None = No
             "an untrained encoder"
         )
     enc = ProjectedEncoder(result.encoder, result.projector, result.space, name=f"aligned-{result.encoder_name}",
-                           source=str(directory))
+                           source=str(directory), transforms=result.transforms, registry=resolve_registry(registry))
     enc.preprocess_source = (str(result.encoder_name), dict(result.config.encoder_options))
     return enc
