@@ -272,3 +272,49 @@ def test_query_and_drawing(tiny_pack, tmp_path):
     assert img.width >= 2 * starter.CELL and img.height >= 4 * starter.CELL
     with pytest.raises(InvalidInputError, match="non-empty"):
         query(tiny_pack, "  ")
+
+
+def test_pack_directories_as_encoders_normalise_like_the_pack(tiny_pack, tmp_path):
+    """The pack's image and 3D encoders were trained on normalised items: used as plain encoders
+    (h.embed(encoder=DIR), an ONNX export of DIR) they normalise the same way (align.json's transforms)."""
+    from hub import Hub
+    from hub.onnx import export
+
+    h = Hub()
+    root = tiny_pack.directory
+    for m in ("image", "3d"):
+        assert json.loads((root / m / "align.json").read_text())["transforms"] == [
+            {"name": "starter-normalise", "params": {}}]
+        items, _ = tiny_pack.data[m].split(True)
+        want = tiny_pack.embed(m, items)
+        got = torch.nn.functional.normalize(h.embed(items, encoder=str(root / m)).pooled(), dim=-1)
+        assert torch.allclose(got, want, atol=1e-5), (m, float((got - want).abs().max()))
+    out = export("3d", tmp_path / "exp", encoder=str(root / "3d"))
+    assert out.preprocess["transforms"] == [{"name": "starter-normalise", "params": {}}]
+    items, _ = tiny_pack.data["3d"].split(True)
+    got = torch.nn.functional.normalize(
+        h.embed(items, encoder=str(root / "3d"), runtime="onnx", onnx_dir=tmp_path / "exp").pooled(), dim=-1)
+    assert torch.allclose(got, tiny_pack.embed("3d", items), atol=1e-4)
+    # an align.json naming a transform nobody registered is refused, never embedded without it
+    bad = tmp_path / "bad"
+    shutil.copytree(root / "3d", bad)
+    manifest = json.loads((bad / "align.json").read_text())
+    manifest["transforms"] = [{"name": "not-installed", "params": {}}]
+    (bad / "align.json").write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match="not-installed"):
+        h.embed(items[:1], encoder=str(bad))
+
+
+def test_normalise_transforms_conform():
+    """The normalisers as registered transforms keep the augmentation contract (deterministic)."""
+    from hub.testing import check_augmentation
+
+    digit = Image.fromarray((np.random.default_rng(0).random((24, 20)) * 255).astype(np.uint8))
+    check_augmentation("image/starter-normalise", [digit, np.zeros((16, 16, 3), dtype=np.uint8) + 200],
+                       bad_items=[b"not an image"], expect_random=False, encoder="tiny-clip")
+    rng = np.random.default_rng(0)
+    cloud = rng.normal(size=(200, 3)).astype(np.float32) * [3, 1, 0.5]
+    normals = rng.normal(size=(200, 3))
+    with_normals = np.concatenate([cloud, normals / np.linalg.norm(normals, axis=1, keepdims=True)], 1).astype(np.float32)
+    check_augmentation("3d/starter-normalise", [cloud, with_normals], bad_items=[np.zeros((2, 3), np.float32)],
+                       expect_random=False, encoder="tiny-point-bert")

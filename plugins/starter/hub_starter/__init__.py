@@ -97,6 +97,13 @@ __all__ = [
 
 
 @hookimpl
+def register_augmentations(register: Any) -> None:
+    from .normalise import register_transforms
+
+    register_transforms(register)
+
+
+@hookimpl
 def register_commands(cli: Any) -> None:
     from .cli import register
 

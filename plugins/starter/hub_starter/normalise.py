@@ -48,16 +48,22 @@ def normalise_digit(item: Any, grid: int = 8) -> Any:
     return out.convert("RGB")
 
 
-def normalise_cloud(item: Any, points: int | None = None, whiten: bool = True) -> np.ndarray:
+def normalise_cloud(item: Any, points: int | None = None, whiten: bool = True, normals: Any = None) -> np.ndarray:
     """A point cloud in its principal frame with unit spread along each axis (float32 (N, 3)); ``whiten=False``
-    keeps the proportions (one scale for all axes)."""
+    keeps the proportions (one scale for all axes).  ``normals`` ((N, 3), optional) are carried through the
+    same linear map (inverse transpose, renormalised) and appended: (N, 6)."""
     xyz = np.asarray(item, dtype=np.float64)[:, :3]
     xyz = xyz - xyz.mean(0)
     _, vectors = np.linalg.eigh(np.cov(xyz.T))
     xyz = xyz @ vectors[:, ::-1]  # largest spread first
-    xyz = xyz / (np.maximum(xyz.std(0), 1e-9) if whiten else max(float(xyz.std()), 1e-9))
+    scale = np.maximum(xyz.std(0), 1e-9) if whiten else np.full(3, max(float(xyz.std()), 1e-9))
+    xyz = xyz / (scale if whiten else float(scale[0]))
     skew = (xyz**3).mean(0)
-    xyz = xyz * np.where(skew < 0, -1.0, 1.0)
+    signs = np.where(skew < 0, -1.0, 1.0)
+    xyz = xyz * signs
+    if normals is not None:  # n' ∝ n A^-T for p' = p A, A = R diag(signs / scale)
+        n = (np.asarray(normals, dtype=np.float64) @ vectors[:, ::-1]) * (scale * signs)
+        xyz = np.concatenate([xyz, n / np.maximum(np.linalg.norm(n, axis=1, keepdims=True), 1e-12)], axis=1)
     if points is not None and len(xyz) != points:
         seed = int.from_bytes(hashlib.sha256(np.ascontiguousarray(xyz, dtype=np.float32).tobytes()).digest()[:8], "little")
         rng = np.random.default_rng(seed)
@@ -67,3 +73,42 @@ def normalise_cloud(item: Any, points: int | None = None, whiten: bool = True) -
 
 #: modality → ``normalise(item) -> item``
 NORMALISERS: dict[str, Callable[[Any], Any]] = {"image": normalise_digit, "3d": normalise_cloud}
+
+
+# -- the normalisers as registered transforms ----------------------------------------------------------
+#: registered name (per modality) of each normaliser; the pack's aligned directories name it in align.json's
+#: ``transforms``, so ``h.embed(items, encoder="PACK/3d")`` normalises exactly as the pack does
+TRANSFORM = "starter-normalise"
+
+
+def digit_transform(item: Any, rng: Any) -> Any:
+    """:func:`normalise_digit` on any image item the image plugin accepts (path, bytes, PIL, array)."""
+    from hub_image._augment import _read
+
+    return normalise_digit(_read(item))
+
+
+def cloud_transform(item: Any, rng: Any) -> np.ndarray:
+    """:func:`normalise_cloud` on any 3D item the 3D plugin accepts (points, file, mesh)."""
+    from hub import InvalidInputError
+    from hub_3d._augment import read_cloud
+
+    points, has_normals = read_cloud(item, rng)
+    if len(points) < 4:
+        raise InvalidInputError(f"cannot normalise a point cloud of {len(points)} point(s); at least 4 are needed")
+    out = normalise_cloud(points, normals=points[:, 3:6] if has_normals else None)
+    if points.shape[1] > out.shape[1]:  # other channels (colours, features) travel unchanged
+        out = np.concatenate([out, points[:, out.shape[1]:].astype(np.float32)], axis=1)
+    return out
+
+
+def register_transforms(register: Callable[..., None]) -> None:
+    """Register the normalisers as deterministic augmentations (``register_augmentations`` hook)."""
+    from hub import AugmentationSpec
+
+    register(AugmentationSpec(name=TRANSFORM, modality="image", fn=digit_transform,
+                              description="starter pack: a digit as the training scans look (polarity, contrast, "
+                                          "placement, scale, 8 x 8 detail); deterministic"))
+    register(AugmentationSpec(name=TRANSFORM, modality="3d", fn=cloud_transform,
+                              description="starter pack: principal axes and unit spread per axis (float32 (N, 3)); "
+                                          "deterministic"))

@@ -355,6 +355,10 @@ def _build(stage: Path, root: Path, plan: StarterBudget, mods: list[str], seed: 
         )
         times["align"] = time.perf_counter() - t
         t = time.perf_counter()
+        from .normalise import NORMALISERS, TRANSFORM
+
+        if p.normalise and m in NORMALISERS:  # align.json names it: the directory used as an encoder normalises too
+            result.transforms = [{"name": TRANSFORM, "params": {}}]
         state = _save_result(result, stage / m)
         result.directory = root / m  # where it lives once the staged pack is swapped in
         times["save"] = time.perf_counter() - t
