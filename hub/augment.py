@@ -13,13 +13,13 @@ from typing import TYPE_CHECKING, Annotated, Any, Sequence, TypeVar
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
-from .errors import InvalidInputError, InvalidOptionsError
+from .errors import BundleError, HubError, InvalidInputError, InvalidOptionsError
 from .processor import Processor
 
 if TYPE_CHECKING:  # pragma: no cover
     from ._registry import Registry
 
-__all__ = ["AugmentParams", "value_range", "parse_params", "augment", "TransformedProcessor"]
+__all__ = ["AugmentParams", "value_range", "parse_params", "augment", "TransformedProcessor", "check_transforms"]
 
 P = TypeVar("P", bound=BaseModel)
 
@@ -73,6 +73,20 @@ def augment(registry: "Registry", item: Any, name: str | Sequence[str], modality
     return item
 
 
+def check_transforms(transforms: Any, where: str) -> list[dict[str, Any]]:
+    """``[{"name": ..., "params": {...}}, ...]`` as read from a file: registered augmentation names of the
+    item's modality with their params (validated when applied); anything else is a ``BundleError``."""
+    if not isinstance(transforms, list) or len(transforms) > 16:
+        raise BundleError(f"{where}: transforms must be a list of at most 16 {{'name', 'params'}} objects")
+    out = []
+    for i, t in enumerate(transforms):
+        if (not isinstance(t, dict) or set(t) - {"name", "params"} or not isinstance(t.get("name"), str)
+                or not isinstance(t.get("params", {}), dict)):
+            raise BundleError(f"{where}: transforms[{i}] must be {{'name': str, 'params': object}}; got {t!r:.200}")
+        out.append({"name": t["name"], "params": dict(t.get("params", {}))})
+    return out
+
+
 class TransformedProcessor(Processor):
     """A processor that first runs deterministic, registered transforms on every item (seed 0), then the
     inner processor: the input normalisation an aligned encoder was trained with (``align.json``'s
@@ -80,8 +94,6 @@ class TransformedProcessor(Processor):
     registered for the modality (:func:`hub.augment.augment`), so a file can only choose installed code."""
 
     def __init__(self, inner: Processor, transforms: Sequence[dict[str, Any]], registry: Any) -> None:
-        from .errors import BundleError, HubError
-
         self.inner, self.transforms, self.registry = inner, [dict(t) for t in transforms], registry
         self.name, self.modality = inner.name, inner.modality
         self.accepts, self.reload_as = tuple(inner.accepts), inner.reload_as
@@ -95,8 +107,6 @@ class TransformedProcessor(Processor):
                 ) from exc
 
     def prepare(self, item: Any, index: int = 0) -> Any:
-        from .errors import HubError
-
         for t in self.transforms:
             try:
                 item = augment(self.registry, item, t["name"], self.modality, seed=0, **t["params"])

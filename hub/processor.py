@@ -25,7 +25,7 @@ import torch
 from .encoder import invalid_item
 from .errors import InvalidInputError
 
-__all__ = ["Processor", "EncoderProcessor", "check_transforms"]
+__all__ = ["Processor", "EncoderProcessor"]
 
 
 class Processor:
@@ -85,19 +85,3 @@ class EncoderProcessor(Processor):
 
     def length(self, prepared: Any) -> int:
         return self.encoder.length(prepared)
-
-
-def check_transforms(transforms: Any, where: str) -> list[dict[str, Any]]:
-    """``[{"name": ..., "params": {...}}, ...]`` as read from a file: registered augmentation names of the
-    item's modality with their params (validated when applied); anything else is a ``BundleError``."""
-    from .errors import BundleError
-
-    if not isinstance(transforms, list) or len(transforms) > 16:
-        raise BundleError(f"{where}: transforms must be a list of at most 16 {{'name', 'params'}} objects")
-    out = []
-    for i, t in enumerate(transforms):
-        if (not isinstance(t, dict) or set(t) - {"name", "params"} or not isinstance(t.get("name"), str)
-                or not isinstance(t.get("params", {}), dict)):
-            raise BundleError(f"{where}: transforms[{i}] must be {{'name': str, 'params': object}}; got {t!r:.200}")
-        out.append({"name": t["name"], "params": dict(t.get("params", {}))})
-    return out

@@ -14,7 +14,7 @@ from .._atomic import recover
 from .._manifest import file_options, file_sha256, inside, read_manifest
 from ..errors import BundleError
 from ..tokens import Pooling
-from ..processor import check_transforms
+from ..augment import check_transforms
 
 __all__ = ["TensorSpec", "ParityCase", "ParityReport", "ExportManifest", "load_manifest", "file_sha256",
            "MANIFEST_NAME", "MODEL_NAME", "FORMAT", "WEIGHT_HASHES", "Dtype", "Device"]

@@ -36,9 +36,6 @@ def save_processor(encoder: Encoder, name: str, options: dict[str, Any], registr
     entry of the manifest: the encoder and options that rebuild the processor, and where its files are."""
     preprocess: dict[str, Any] = {"encoder": name, "options": dict(options)}
     processor = _processor_of(encoder, name, options, registry)
-    if isinstance(processor, TransformedProcessor):  # an aligned encoder's input normalisation travels too
-        preprocess["transforms"] = [dict(t) for t in processor.transforms]
-        processor = processor.inner
     if processor is None or isinstance(processor, EncoderProcessor):
         return preprocess
     saved = processor.save(staging / PROCESSOR_DIR)

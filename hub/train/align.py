@@ -25,7 +25,7 @@ from ..backbone import Backbone
 from ..encoder import Encoder
 from ..errors import BundleError, ContextLengthError, InvalidInputError, InvalidOptionsError
 from ..lm import Composer, MultimodalLM, ProjectedEncoder, Projector, attach, build_projector
-from ..processor import check_transforms
+from ..augment import check_transforms
 from ..tokens import TokenEmbeddings
 from .heads import LogitScale
 from .loop import forward, make_config, resolve_encoder, resolve_registry, resume_run, train_epochs
