@@ -27,7 +27,7 @@ from hub_starter import (
     spoken_digits,
 )
 
-SHIFT_KINDS = {"image": ("font", "stroke", "contrast", "placement"), "audio": ("voice", "speed", "pitch"),
+SHIFT_KINDS = {"image": ("font", "stroke", "contrast", "placement"), "audio": ("variant", "speed", "pitch", "accent", "speaker"),
                "graph": ("size",), "3d": ("stretch", "noise", "cut", "points")}
 needs_espeak = pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng is not installed (apt-get install espeak-ng)")
 
@@ -226,6 +226,30 @@ def test_shifted_sets_are_apart_and_shifted():
     assert all(np.array_equal(a, b) for a, b in zip(again.items, shapes.items))
     with pytest.raises(InvalidOptionsError, match="per_kind"):
         shifted_data("3d", 0, per_kind=10_000)
+
+
+@needs_espeak
+def test_shifted_speech_voices_outside_training():
+    from hub_starter.data import PITCHES, SPEEDS, VOICES
+    from hub_starter.shift import AUDIO_SHIFTS, shifted_speech
+
+    speech = shifted_speech(0, per_kind=1)
+    assert len(speech) == len(AUDIO_SHIFTS) * 10 and speech.held_out.all()
+    assert [i["shift"] for i in speech.info[::10]] == ["variant", "speed", "pitch", "accent", "speaker"]
+    english = {v.split("+")[0] for v in VOICES}
+    used = {v.split("+")[1] for v in VOICES if "+" in v}
+    for i in speech.info:
+        assert i["voice"] not in VOICES or i["shift"] in ("speed", "pitch")  # every voice kind: outside the list
+        base, _, variant = i["voice"].partition("+")
+        if i["shift"] == "accent":
+            assert base not in english and not variant
+        if i["shift"] in ("speaker", "variant"):
+            assert base in english and variant and variant not in used
+        assert (i["speed"] in SPEEDS) != (i["shift"] == "speed") and (i["pitch"] in PITCHES) != (i["shift"] == "pitch")
+    assert all(np.abs(x["array"]).max() > 0.01 for x in speech.items)  # every voice spoke
+    more = shifted_speech(0, per_kind=2)  # the new kinds come from their own seed: the old kinds' clips stay
+    old = [i for i in more.info if i["shift"] in ("variant", "speed", "pitch")]
+    assert [i["sha256"] for i in old[:30]] == [i["sha256"] for i in speech.info[:30]]
 
 
 def test_baseline_features_and_normalisers():

@@ -8,8 +8,13 @@ kind of shift, so :func:`hub_starter.evaluation.evaluate` reports each kind apar
   rotations) instead of handwriting scans; ``stroke``: held-out scans thickened or thinned
   (max / min filters); ``contrast``: held-out scans dimmed, washed out or inverted (dark ink on light);
   ``placement``: held-out scans shrunk and moved off centre;
-* **audio** — ``voice``: espeak-ng voice variants outside the training list; ``speed`` and ``pitch``:
-  training voices at speeds and pitches outside the training ranges;
+* **audio** — ``variant``: training voices with espeak-ng variants no training voice uses (called ``voice``
+  before the ``accent`` and ``speaker`` kinds came); ``speed`` and ``pitch``: training voices at speeds and
+  pitches outside the training ranges; ``accent``: espeak-ng voices of other languages (:data:`ACCENT_VOICES`)
+  reading the English digit words with their own letter-to-sound rules (where espeak-ng recognises an English
+  word it switches to English for it), i.e. foreign-accented English from voices outside the training list;
+  ``speaker``: the English voices with the named espeak-ng speakers of :data:`SPEAKER_VARIANTS` (whispered,
+  creaky, and four human-like speakers), which no training voice uses;
 * **graph** — ``size``: every family at 31 to 60 nodes (the training range is 6 to 30: up to 2x);
 * **3d** — ``stretch``: per-axis factors beyond the training range; ``noise``: 3-5x the noise;
   ``cut``: a random plane cuts 20-40 % of the shape away; ``points``: 128 or 2048 points (training: 512).
@@ -31,8 +36,18 @@ from .data import (
 
 #: image shift kinds
 IMAGE_SHIFTS = ("font", "stroke", "contrast", "placement")
-#: espeak-ng voices with variants none of :data:`VOICES` uses
+#: espeak-ng voices with variants none of :data:`VOICES` uses (kind ``variant``)
 SHIFT_VOICES = ("en+f1", "en-us+f5", "en-gb-scotland+m1", "en-029+m5", "en-us-nyc+m6", "en-gb-x-rp+klatt3")
+# The two kinds below were chosen, and this list written, before either the pack or the baseline was run on them
+# (issue 17 asks for "espeak-ng voices and variants outside the training list"; every training voice is English):
+#: kind ``accent``: built-in voices of Latin-script languages, so that each reads the English spelling with its own
+#: rules, as a speaker of that language might: three Germanic (nearer English), three Romance (farther)
+ACCENT_VOICES = ("de", "nl", "sv", "fr", "es", "it")
+#: kind ``speaker``: named espeak-ng speaker variants on the training English voices: a whispered and a creaky
+#: source (no voicing like any training voice) and four human-like speakers with their own formants and tone
+SPEAKER_VARIANTS = ("whisper", "croak", "Annie", "edward", "grandpa", "steph")
+#: audio shift kinds, in the order :func:`shifted_speech` lists them
+AUDIO_SHIFTS = ("variant", "speed", "pitch", "accent", "speaker")
 #: speeds and pitches outside the training grid (:data:`SPEEDS` 120-210, :data:`PITCHES` 30-90)
 SHIFT_SPEEDS = (85, 100, 245, 270)
 SHIFT_PITCHES = (5, 15, 99)
@@ -118,9 +133,12 @@ def shifted_digits(seed: int = 0, *, per_kind: int = 10, size: int = 32, per_cla
     return _all_held("image", DIGITS, base.template, items, labels, info)
 
 
-def shifted_speech(seed: int = 0, *, per_kind: int = 4, rate: int = 16000) -> StarterData:
-    """The ten digit words from :data:`SHIFT_VOICES` (``voice``), and from training voices at
-    :data:`SHIFT_SPEEDS` (``speed``) or :data:`SHIFT_PITCHES` (``pitch``): ``per_kind`` combinations each."""
+def shifted_speech(seed: int = 0, *, per_kind: int = 8, rate: int = 16000) -> StarterData:
+    """The ten digit words from :data:`SHIFT_VOICES` (``variant``), from training voices at
+    :data:`SHIFT_SPEEDS` (``speed``) or :data:`SHIFT_PITCHES` (``pitch``), from :data:`ACCENT_VOICES`
+    (``accent``) and from training English voices with :data:`SPEAKER_VARIANTS` (``speaker``): ``per_kind``
+    combinations each (the last two at training speeds and pitches, drawn from their own seed, so the first three
+    kinds are the same clips whatever the last two hold)."""
     import hashlib
     import tempfile
     from concurrent.futures import ThreadPoolExecutor
@@ -130,13 +148,21 @@ def shifted_speech(seed: int = 0, *, per_kind: int = 4, rate: int = 16000) -> St
 
     from .data import ESPEAK_RATE, item_bytes
 
+    # per_kind 8 (it was 4) came with the accent and speaker kinds, before any of them was measured: 80 clips a
+    # kind, so that one clip is 0.0125 of a kind and the comparison with the baseline is not decided by one clip
     binary = espeak_binary()
     rng = np.random.default_rng([seed, 102])
     combos: list[tuple[str, str, int, int]] = []
     for _ in range(per_kind):
-        combos.append(("voice", str(rng.choice(SHIFT_VOICES)), int(rng.choice(SPEEDS)), int(rng.choice(PITCHES))))
+        combos.append(("variant", str(rng.choice(SHIFT_VOICES)), int(rng.choice(SPEEDS)), int(rng.choice(PITCHES))))
         combos.append(("speed", str(rng.choice(VOICES)), int(rng.choice(SHIFT_SPEEDS)), int(rng.choice(PITCHES))))
         combos.append(("pitch", str(rng.choice(VOICES)), int(rng.choice(SPEEDS)), int(rng.choice(SHIFT_PITCHES))))
+    english = sorted({v.split("+")[0] for v in VOICES})
+    other = np.random.default_rng([seed, 105])
+    for _ in range(per_kind):
+        combos.append(("accent", str(other.choice(ACCENT_VOICES)), int(other.choice(SPEEDS)), int(other.choice(PITCHES))))
+        combos.append(("speaker", f"{other.choice(english)}+{other.choice(SPEAKER_VARIANTS)}", int(other.choice(SPEEDS)),
+                       int(other.choice(PITCHES))))
     jobs = [(combo, label) for combo in combos for label in range(len(DIGITS))]
     with tempfile.TemporaryDirectory(prefix="mhub-espeak-") as work, ThreadPoolExecutor(4) as pool:
         raws = list(pool.map(lambda j: synthesize(DIGITS[j[1]], *j[0][1:], binary=binary, workdir=work), jobs))
