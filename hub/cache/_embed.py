@@ -6,11 +6,12 @@ import hashlib
 import os
 import threading
 import warnings
+from collections.abc import MutableMapping
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
+import numpy as np
 import torch
-from torch.nn.utils.rnn import pad_sequence
 
 from ..errors import CacheError
 from ..tokens import TokenEmbeddings
@@ -23,7 +24,7 @@ from ._key import (
     processor_digest,
     raw_digest,
 )
-from ._store import DB_NAME, EmbeddingCache
+from ._store import _DTYPES, DB_NAME, EmbeddingCache, decode
 
 __all__ = ["resolve_cache", "default_cache_path", "cached_embed", "keys_for", "CachedCall"]
 
@@ -143,8 +144,8 @@ class CachedCall:
         self.cache, self.encoder = cache, encoder
         self.fingerprint = fingerprint_digest(encoder_fingerprint(encoder, options=options))
         self.base = self.fingerprint + cache.dtype.encode()
-        #: input index -> (tokens, mask) served so far
-        self.rows: dict[int, tuple[torch.Tensor, torch.Tensor | None]] = {}
+        #: input index -> (tokens, mask) served so far (rows found by raw key are decoded on access)
+        self.rows = _Rows()
         self._raw: dict[int, tuple[bytes, tuple | None, Any]] = {}  # index -> (alias key, file signature, item)
 
     def key(self, digest: bytes) -> bytes:
@@ -158,11 +159,12 @@ class CachedCall:
             if r is not None:
                 self._raw[i] = (hashlib.sha256(alias_base + r[0]).digest(), r[1], x)
         if self._raw:
-            found = self.cache.get_raw([a for a, _, _ in self._raw.values()])
+            found = self.cache.get_raw_records([a for a, _, _ in self._raw.values()])
+            records = self.rows.records
             for i, (a, _, _) in self._raw.items():
-                if a in found:
-                    e = found[a][1]
-                    self.rows[i] = (e.tokens, e.mask)
+                rec = found.get(a)
+                if rec is not None:
+                    records[i] = rec[1:]  # decoded all at once by ``embed``
         return [i for i in items if i not in self.rows]
 
     def embed(self, prepared: Mapping[int, Any], run: Callable[[list[int]], TokenEmbeddings]) -> TokenEmbeddings:
@@ -202,11 +204,85 @@ class CachedCall:
             tokens = torch.zeros(0, 0, int(encoder.dim), dtype=torch.float32, device=device)
             return TokenEmbeddings(tokens, torch.zeros(0, 0, dtype=torch.bool, device=device), encoder.modality,
                                    encoder.space, encoder.pooling, order)
-        tokens = pad_sequence([rows[i][0].to(device, torch.float32) for i in order], batch_first=True)  # zeros
-        lengths = torch.tensor([int(rows[i][0].shape[0]) for i in order], device=device)
-        mask = torch.arange(tokens.shape[1], device=device)[None, :] < lengths[:, None]
+        tokens, mask = rows.assemble(order)
+        return TokenEmbeddings(tokens.to(device), mask.to(device), encoder.modality, encoder.space, encoder.pooling,
+                               order)
+
+
+class _Rows(MutableMapping):
+    """``{input index: (tokens, mask)}``; rows found by raw key stay stored records ``(n, dim, dtype, packed
+    mask, bytes)`` until :meth:`assemble` decodes them together (one copy per length; a row at a time cost
+    ~10 us an item: a tensor each, then ``pad_sequence``)."""
+
+    def __init__(self) -> None:
+        self.done: dict[int, tuple[torch.Tensor, torch.Tensor | None]] = {}
+        self.records: dict[int, tuple[int, int, str, bytes | None, bytes]] = {}
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if i in self.done:
+            return self.done[i]
+        e = decode(*self.records[i])
+        return e.tokens, e.mask
+
+    def __setitem__(self, i: int, value: tuple[torch.Tensor, torch.Tensor | None]) -> None:
+        self.records.pop(i, None)
+        self.done[i] = value
+
+    def __delitem__(self, i: int) -> None:
+        if self.records.pop(i, None) is None:
+            del self.done[i]
+
+    def __contains__(self, i: object) -> bool:
+        return i in self.done or i in self.records
+
+    def __iter__(self):
+        yield from self.done
+        yield from self.records
+
+    def __len__(self) -> int:
+        return len(self.done) + len(self.records)
+
+    def assemble(self, order: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(tokens (len(order), longest, dim) float32 zero-padded, mask)`` on the CPU, rows in ``order``."""
+        lengths = np.zeros(len(order), np.int64)
+        groups: dict[tuple[int, int, str], tuple[list[int], list[bytes]]] = {}
+        masks: list[tuple[int, Any]] = []
+        computed: list[tuple[int, torch.Tensor]] = []
+        dims = set()
+        records, done = self.records, self.done
         for r, i in enumerate(order):
-            m = rows[i][1]
-            if m is not None:
-                mask[r, : m.shape[0]] = m.to(device)
-        return TokenEmbeddings(tokens, mask, encoder.modality, encoder.space, encoder.pooling, order)
+            rec = records.get(i)
+            if rec is not None:
+                n, dim, dtype, m, data = rec
+                g = groups.get((n, dim, dtype))
+                if g is None:
+                    g = groups[(n, dim, dtype)] = ([], [])
+                    dims.add(dim)
+                g[0].append(r)
+                g[1].append(data)
+                if m is not None:
+                    masks.append((r, np.unpackbits(np.frombuffer(m, np.uint8), count=n).astype(bool)))
+            else:
+                t, m = done[i]
+                n = int(t.shape[0])
+                dims.add(int(t.shape[1]))
+                computed.append((r, t))
+                if m is not None:
+                    masks.append((r, m.detach().cpu().numpy().astype(bool)))
+            lengths[r] = n
+        if len(dims) != 1:
+            raise CacheError(f"cached rows of different widths {sorted(dims)} in one call")
+        out = np.zeros((len(order), int(lengths.max()), dims.pop()), np.float32)
+        for (n, dim, dtype), (rs, datas) in groups.items():
+            if n:
+                block = np.frombuffer(b"".join(datas), dtype=_DTYPES[dtype]).reshape(len(rs), n, dim)
+                if len(rs) == len(order):
+                    out[:, :n] = block
+                else:
+                    out[rs, :n] = block
+        for r, t in computed:
+            out[r, : t.shape[0]] = t.detach().to("cpu", torch.float32).numpy()
+        mask = np.arange(out.shape[1])[None, :] < lengths[:, None]
+        for r, m in masks:
+            mask[r, : m.shape[0]] = m
+        return torch.from_numpy(out), torch.from_numpy(mask)

@@ -171,14 +171,22 @@ def _plugin_version(cls: type) -> str:
 
             # top_level.txt of each *.dist-info first (one small read each); packages_distributions() reads
             # every RECORD file (0.5 s here) and is only the fallback
+            # the folders whose name contains the package's (modality_hub_image: hub_image) first; all the others
+            # only when none of those claims it (130 reads here, 3 ms)
+            folders = _installed_folders()
+            near = [f for f, (name, _) in folders.items() if _norm(top) in _norm(name) or _norm(name) in _norm(top)]
             found = set()
-            for folder, (name, ver) in _installed_folders().items():
-                try:
-                    with open(os.path.join(folder, "top_level.txt"), encoding="utf-8") as f:
-                        if top in f.read().split():
-                            found.add(f"{_norm(name)}=={ver}")
-                except OSError:
-                    continue
+            for group in (near, [f for f in folders if f not in near]):
+                for folder in group:
+                    name, ver = folders[folder]
+                    try:
+                        with open(os.path.join(folder, "top_level.txt"), encoding="utf-8") as f:
+                            if top in f.read().split():
+                                found.add(f"{_norm(name)}=={ver}")
+                    except OSError:
+                        continue
+                if found:
+                    break
             if not found:
                 found = {f"{d}=={version(d)}" for d in packages_distributions().get(top) or []}
             _DISTS[top] = ",".join(sorted(found)) or "unknown"
@@ -294,6 +302,10 @@ def _feed_raw(h: Any, obj: Any, top: bool, depth: int = 0) -> tuple | bool:
 def raw_digest(item: Any) -> tuple[bytes, tuple | None] | None:
     """sha256 of a raw item's content (see :func:`_feed_raw`) and, for a file, its stat signature;
     ``None`` when the item has no safe content-only form (it is then always prepared)."""
+    if type(item) is bytes:  # the common case, as ``_feed`` hashes it
+        h = hashlib.sha256(b"b%d:" % len(item))
+        h.update(item)
+        return h.digest(), None
     h = hashlib.sha256()
     try:
         res = _feed_raw(h, item, True)
@@ -339,7 +351,7 @@ def _installed_folders() -> dict[str, tuple[str, str]]:
             except OSError:
                 continue
             for n in names:
-                m = re.fullmatch(r"(.+?)-([^-]+)\.(?:dist|egg)-info", n)
+                m = n.endswith("-info") and re.fullmatch(r"(.+?)-([^-]+)\.(?:dist|egg)-info", n)
                 if m:
                     _FOLDERS[os.path.join(entry or ".", n)] = (m.group(1), m.group(2))
     return _FOLDERS
