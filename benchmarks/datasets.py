@@ -2,7 +2,7 @@
 
     python benchmarks/datasets.py                 # 100k short texts (minilm-l6), 20k images (tiny-clip)
     python benchmarks/datasets.py --quick         # 2k texts, 400 images, RSS at 1k / 10k rows
-    python benchmarks/datasets.py --texts 50000 --images 0 --no-ray
+    python benchmarks/datasets.py --texts 50000 --images 0 --modes plain,local --repeats 1
 
 For each workload, in one run and on the same items (a Parquet file: id + text,
 or id + PNG bytes):
@@ -13,8 +13,14 @@ or id + PNG bytes):
 * ray: ``embed_dataset(engine="ray", workers=--workers)`` on a local Ray started once
   beforehand (actor start-up and model loading are inside the timing).
 
-The three modes run interleaved ``--repeats`` times and the best of each is kept
-(on a shared machine the load changes from minute to minute).
+The modes run interleaved ``--repeats`` times, the order rotated every round
+(plain, local, ray; then local, ray, plain; ...), and each mode's median is
+kept: on a shared machine the load changes from minute to minute, and a mode
+always run first (or last) would carry the drift.  The plain loop and the
+local engine also record the CPU seconds this process spent per item (less
+sensitive to other processes than wall time), and every run the load average.
+For Ray, the summary's ``phases`` split start-up (actor processes, imports,
+model loading) from the steady embedding rate.
 
 Items/s and the ratios local/plain and ray/plain are printed and written to
 ``benchmarks/results/datasets.json``.  The local engine's peak RSS is measured in
@@ -78,12 +84,13 @@ def make_images(n: int, path: Path, seed: int = 0, size: int = 40) -> list[bytes
     return out
 
 
-def plain_loop(h, items, encoder: str, modality: str, batch_size: int, model_batch_size: int) -> float:
+def plain_loop(h, items, encoder: str, modality: str, batch_size: int, model_batch_size: int,
+               runtime: str = "torch") -> float:
     start = time.perf_counter()
     kept = []
     for s in range(0, len(items), batch_size):
         te = h.embed(items[s : s + batch_size], modality=modality, encoder=encoder, batch_size=model_batch_size,
-                     progress=False)
+                     progress=False, runtime=runtime)
         kept.append(te.pooled().numpy())
     return time.perf_counter() - start
 
@@ -131,23 +138,59 @@ def rss_child(n: int, workdir: Path, batch_size: int, encoder: str) -> dict:
             "items_per_s": round(s.rows_written / s.details["embed_seconds"], 1), "complete": s.complete}
 
 
+def median(xs: list[float]) -> float:
+    import statistics
+
+    return statistics.median(xs) if xs else 0.0
+
+
+def run_mode(mode: str, h, args, modality: str, encoder: str, column: str, items, path: Path, out: Path) -> dict:
+    """One timed run of one mode; returns its items/s, CPU seconds per item (this process) and load average."""
+    from hub.datasets import embed_dataset
+
+    load0 = os.getloadavg()[0]
+    cpu0 = time.process_time()
+    rec: dict = {"mode": mode}
+    if mode == "plain":
+        secs = plain_loop(h, items, encoder, modality, args.batch_size, args.model_batch_size, args.runtime)
+        rec["items_per_s"] = len(items) / secs
+    else:
+        s = embed_dataset(path, out, encoder=encoder, column=column, hub=h, engine=mode, workers=args.workers,
+                          batch_size=args.batch_size, model_batch_size=args.model_batch_size, runtime=args.runtime,
+                          lance=False, progress=False, resume=False)
+        assert s.complete and s.errors == 0, s
+        rec["items_per_s"] = s.rows_written / s.seconds
+        rec["seconds"] = round(s.seconds, 2)
+        if mode == "ray":
+            rec["cpus_per_actor"] = s.details.get("cpus_per_actor")
+            rec["phases"] = s.details.get("phases", {})
+        shutil.rmtree(out, ignore_errors=True)
+    if mode != "ray":  # the work runs in this process (Ray's runs in its actors)
+        rec["cpu_s_per_1k_items"] = round(1000 * (time.process_time() - cpu0) / len(items), 3)
+    rec["load_avg"] = [round(load0, 2), round(os.getloadavg()[0], 2)]
+    return rec
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--texts", type=int, default=100_000)
     ap.add_argument("--images", type=int, default=20_000)
     ap.add_argument("--quick", action="store_true", help="small sizes for development (2k texts, 400 images)")
+    ap.add_argument("--modes", default="plain,local,ray", help="comma-separated subset of plain,local,ray")
+    ap.add_argument("--runtime", choices=("torch", "onnx"), default="torch",
+                    help="the runtime of every mode (the plain loop's h.embed(runtime=...) and the engines')")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--batch-size", type=int, default=1024)
     ap.add_argument("--model-batch-size", type=int, default=32)
     ap.add_argument("--rss-sizes", default="10000,100000")
     ap.add_argument("--rss-encoder", default="tiny-bert",
                     help="text encoder of the RSS runs (the engine's memory, not the model's speed, is measured)")
-    ap.add_argument("--repeats", type=int, default=1, help="interleaved runs of each mode; the best is kept")
+    ap.add_argument("--repeats", type=int, default=3, help="interleaved rounds (order rotated); medians are reported")
     ap.add_argument("--torch-threads", type=int, default=0,
                     help="PyTorch intra-op threads of this process (plain loop, local engine, RSS runs); 0: PyTorch's "
                          "default. On a shared machine 1 avoids waits for descheduled OpenMP threads (Ray actors "
                          "always run 1 per CPU they hold)")
-    ap.add_argument("--no-ray", action="store_true")
+    ap.add_argument("--no-ray", action="store_true", help="same as --modes without ray")
     ap.add_argument("--no-rss", action="store_true")
     ap.add_argument("--json", type=Path, default=Path("benchmarks/results/datasets.json"))
     ap.add_argument("--rss-child", type=int, help=argparse.SUPPRESS)
@@ -162,9 +205,13 @@ def main() -> None:
         return
     if args.quick:
         args.texts, args.images, args.rss_sizes = min(args.texts, 2000), min(args.images, 400), "1000,10000"
+    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    if args.no_ray:
+        modes = [m for m in modes if m != "ray"]
+    if not modes or set(modes) - {"plain", "local", "ray"}:
+        ap.error(f"--modes: a comma-separated subset of plain,local,ray, got {args.modes!r}")
 
     from hub import Hub
-    from hub.datasets import embed_dataset
 
     work = Path(tempfile.mkdtemp(prefix="mhub-bench-datasets-"))
     h = Hub()
@@ -180,39 +227,46 @@ def main() -> None:
         items = make_images(args.images, work / "images.parquet")
         workloads.append(("image", "tiny-clip", "image", items, work / "images.parquet"))
     ray = None
-    if not args.no_ray:
+    if "ray" in modes:
         import ray
 
         ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False, configure_logging=False)
     try:
         for modality, encoder, column, items, path in workloads:
-            h.embed(items[:64], modality=modality, encoder=encoder)  # load and warm up
-            row = {"workload": f"{len(items)} {modality} ({encoder})", "items": len(items)}
-            best = {"plain": 0.0, "local": 0.0, "ray": 0.0}
-            for rep in range(args.repeats):  # interleaved, best of N: the machine may be shared
-                secs = plain_loop(h, items, encoder, modality, args.batch_size, args.model_batch_size)
-                best["plain"] = max(best["plain"], len(items) / secs)
-                s = embed_dataset(path, work / f"{modality}-local-{rep}", encoder=encoder, column=column, hub=h,
-                                  batch_size=args.batch_size, model_batch_size=args.model_batch_size, lance=False,
-                                  progress=False)
-                assert s.complete and s.errors == 0, s
-                best["local"] = max(best["local"], s.rows_written / s.seconds)
-                if ray is not None:
-                    s = embed_dataset(path, work / f"{modality}-ray-{rep}", encoder=encoder, column=column, hub=h,
-                                      engine="ray", workers=args.workers, batch_size=args.batch_size,
-                                      model_batch_size=args.model_batch_size, lance=False, progress=False)
-                    assert s.complete and s.errors == 0, s
-                    best["ray"] = max(best["ray"], s.rows_written / s.seconds)
-                    row["ray_cpus_per_actor"] = s.details.get("cpus_per_actor")
-                print(f"{row['workload']} run {rep + 1}: plain {best['plain']:.1f}, local {best['local']:.1f}, "
-                      f"ray {best['ray']:.1f} items/s (best so far)", flush=True)
-            row["plain_items_per_s"] = best["plain"]
-            row["local_items_per_s"] = best["local"]
-            row["local_ratio"] = best["local"] / best["plain"]
-            if ray is not None:
-                row["ray_items_per_s"] = best["ray"]
-                row["ray_ratio"] = best["ray"] / best["plain"]
-                row["ray_per_actor_items_per_s"] = best["ray"] / args.workers
+            h.embed(items[:64], modality=modality, encoder=encoder, runtime=args.runtime)  # load and warm up
+            row: dict = {"workload": f"{len(items)} {modality} ({encoder}, {args.runtime})", "items": len(items),
+                         "runs": []}
+            for rep in range(args.repeats):  # interleaved, order rotated, medians: the machine may be shared
+                order = modes[rep % len(modes):] + modes[: rep % len(modes)]
+                for mode in order:
+                    rec = run_mode(mode, h, args, modality, encoder, column, items, path, work / f"{modality}-{mode}")
+                    rec["round"] = rep
+                    row["runs"].append(rec)
+                    extra = (f", start-up {rec['phases'].get('first_batch_s')} s of {rec['seconds']} s"
+                             if rec.get("phases") else "")
+                    print(f"{row['workload']} round {rep + 1} {mode}: {rec['items_per_s']:.1f} items/s "
+                          f"(load {rec['load_avg'][0]}-{rec['load_avg'][1]}{extra})", flush=True)
+            for mode in modes:
+                runs = [r for r in row["runs"] if r["mode"] == mode]
+                row[f"{mode}_items_per_s"] = median([r["items_per_s"] for r in runs])
+                if mode != "ray":
+                    row[f"{mode}_cpu_s_per_1k_items"] = median([r["cpu_s_per_1k_items"] for r in runs])
+            for mode in ("local", "ray"):
+                if mode in modes and "plain" in modes:
+                    row[f"{mode}_ratio"] = row[f"{mode}_items_per_s"] / row["plain_items_per_s"]
+                    paired = [a["items_per_s"] / b["items_per_s"] for a in row["runs"] for b in row["runs"]
+                              if a["mode"] == mode and b["mode"] == "plain" and a["round"] == b["round"]]
+                    row[f"{mode}_ratio_paired_median"] = median(paired)
+            if "ray" in modes:
+                ph = [r["phases"] for r in row["runs"] if r["mode"] == "ray" and r.get("phases")]
+                row["ray_per_actor_items_per_s"] = row["ray_items_per_s"] / args.workers
+                if ph:
+                    row["ray_startup_s"] = median([p["first_batch_s"] for p in ph])
+                    row["ray_actor_init_s"] = median([p["actor_init_s"] for p in ph])
+                    row["ray_steady_items_per_s"] = median([p["steady_rows_per_s"] for p in ph])
+                    row["ray_per_actor_busy_items_per_s"] = median([p["per_actor_rows_per_busy_s"] for p in ph])
+                    if "plain" in modes:
+                        row["ray_steady_ratio"] = row["ray_steady_items_per_s"] / row["plain_items_per_s"]
             results["workloads"].append(row)
     finally:
         if ray is not None:
@@ -228,13 +282,22 @@ def main() -> None:
             print(f"  local engine, {n} rows: RSS {r['rss_mb_before']} MB before, peak {r['peak_rss_mb']} MB", flush=True)
     shutil.rmtree(work, ignore_errors=True)
 
-    print()
-    print(f"{'workload':<28} {'plain/s':>9} {'local/s':>9} {'local/plain':>11} {'ray/s':>9} {'ray/plain':>9}")
+    def cell(r: dict, key: str, fmt: str) -> str:
+        return format(r[key], fmt) if key in r else "-"
+
+    print(f"\nmedians of {args.repeats} interleaved rounds; load average {results['machine']['load_avg_at_start'][0]:.2f} "
+          f"at start, {os.getloadavg()[0]:.2f} at end")
+    print(f"{'workload':<34} {'plain/s':>9} {'local/s':>9} {'local/plain':>11} {'ray/s':>9} {'ray/plain':>9} "
+          f"{'ray start-up s':>14} {'ray steady/s':>12} {'steady/plain':>12}")
     for r in results["workloads"]:
-        ray_s = f"{r['ray_items_per_s']:9.1f}" if "ray_items_per_s" in r else f"{'-':>9}"
-        ray_r = f"{r['ray_ratio']:9.2f}" if "ray_ratio" in r else f"{'-':>9}"
-        print(f"{r['workload']:<28} {r['plain_items_per_s']:9.1f} {r['local_items_per_s']:9.1f} "
-              f"{r['local_ratio']:11.2f} {ray_s} {ray_r}")
+        print(f"{r['workload']:<34} {cell(r, 'plain_items_per_s', '.1f'):>9} {cell(r, 'local_items_per_s', '.1f'):>9} "
+              f"{cell(r, 'local_ratio', '.3f'):>11} {cell(r, 'ray_items_per_s', '.1f'):>9} {cell(r, 'ray_ratio', '.2f'):>9} "
+              f"{cell(r, 'ray_startup_s', '.1f'):>14} {cell(r, 'ray_steady_items_per_s', '.1f'):>12} "
+              f"{cell(r, 'ray_steady_ratio', '.2f'):>12}")
+        if "local_cpu_s_per_1k_items" in r and "plain_cpu_s_per_1k_items" in r:
+            print(f"{'':<34} CPU s per 1k items in this process: plain {r['plain_cpu_s_per_1k_items']:.2f}, "
+                  f"local {r['local_cpu_s_per_1k_items']:.2f}; local/plain paired median "
+                  f"{cell(r, 'local_ratio_paired_median', '.3f')}")
     if results["rss"]:
         print(f"\n{'rows (local engine)':<20} {'encoder':<10} {'RSS before MB':>13} {'peak RSS MB':>12} {'growth MB':>10} {'items/s':>9}")
         for r in results["rss"]:

@@ -23,6 +23,7 @@ import inspect
 import logging
 import os
 import time
+import uuid
 import warnings
 from pathlib import Path
 from typing import Any
@@ -79,6 +80,8 @@ class RayEmbedder:
                  fault: tuple[int, str] | None, model_batch_size: int, threads: int, cache: Any = None,
                  plugins: list[str] | None = None, installed: list[str] | None = None,
                  poison: str | None = None) -> None:
+        self.born = time.time()  # wall clock (the driver compares it with its own: start-up time)
+        self.key = uuid.uuid4().hex
         if plugins and ENV_PLUGINS not in os.environ:  # load only the plugins this run needs (faster start)
             os.environ[ENV_PLUGINS] = ",".join(plugins)
         import ray
@@ -110,6 +113,7 @@ class RayEmbedder:
         self.poison = poison
         self.extensions = self.embedder.extensions
         self.bytes_ok: dict[str, bool] = {}
+        self.ready = time.time()
 
     def _takes_bytes(self, modality: str, data: bytes) -> bool:
         """Whether ``modality`` reads file bytes (image, audio) or needs the path (text, graph, 3D files)."""
@@ -151,6 +155,7 @@ class RayEmbedder:
     def __call__(self, batch: pa.Table) -> pa.Table:
         from ._local import write_tables
 
+        began = time.time()
         rows = self._rows(batch)
         skipped = 0
         if self.skip is not None and len(self.skip) and len(rows):
@@ -162,7 +167,9 @@ class RayEmbedder:
         Fault.poison(rows.ids, self.poison)
         if len(rows):
             written, errors = write_tables(self.dest, self.embedder.embed(rows), self.fault)
-        return pa.table({"rows": [written], "errors": [errors], "skipped": [skipped], "device": [self.device]})
+        return pa.table({"rows": [written], "errors": [errors], "skipped": [skipped], "device": [self.device],
+                         "actor": [self.key], "born": [self.born], "ready": [self.ready], "began": [began],
+                         "ended": [time.time()]})
 
 
 def _read(source: Source, skip: pa.Array | None, read_cpus: float, blocks: int):
@@ -265,6 +272,36 @@ def _killed_rows(dest: Path, config: RunConfig, ids: list[str], reason: str) -> 
     return len(ids)
 
 
+def _phases(timing: list[pa.Table], wall0: float, wall1: float) -> dict[str, Any]:
+    """Where the pipeline's time went (wall clock, seconds from the start of run_ray): when the actors
+    started and were ready (imports and model loading in between), when the first batch began, the
+    actors' busy time and their steady rate (rows per busy second, all actors together)."""
+    if not timing:
+        return {}
+    t = pa.concat_tables(timing).to_pydict()
+    actors: dict[str, dict[str, float]] = {}
+    for a, n, born, ready, began, ended in zip(*(t[c] for c in ("actor", "rows", "born", "ready", "began", "ended"))):
+        x = actors.setdefault(a, {"born": born, "ready": ready, "busy": 0.0, "rows": 0, "last": ended})
+        x["busy"] += ended - began
+        x["rows"] += n
+        x["last"] = max(x["last"], ended)
+    first = min(t["began"])
+    busy = sum(x["busy"] for x in actors.values())
+    per_actor = [x["rows"] / x["busy"] for x in actors.values() if x["busy"] > 0]
+    return {"phases": {
+        "actors": len(actors),
+        "actor_born_s": round(min(x["born"] for x in actors.values()) - wall0, 2),
+        "actor_ready_s": round(max(x["ready"] for x in actors.values()) - wall0, 2),
+        "actor_init_s": round(max(x["ready"] - x["born"] for x in actors.values()), 2),
+        "first_batch_s": round(first - wall0, 2),
+        "last_batch_end_s": round(max(t["ended"]) - wall0, 2),
+        "total_s": round(wall1 - wall0, 2),
+        "busy_actor_s": round(busy, 2),
+        "per_actor_rows_per_busy_s": round(sum(per_actor) / len(per_actor), 1) if per_actor else 0.0,
+        "steady_rows_per_s": round(sum(t["rows"]) / max(1e-9, max(t["ended"]) - first), 1),
+    }}
+
+
 def run_ray(source: Source, dest: Path, config: RunConfig, *, batch_size: int, model_batch_size: int, workers: int,
             skip: pa.Array | None, total: int, progress: bool, fault: tuple[int, str] | None,
             num_cpus: float | None = None, num_gpus: float | None = None, address: str | None = None,
@@ -286,7 +323,7 @@ def run_ray(source: Source, dest: Path, config: RunConfig, *, batch_size: int, m
         kwargs: dict[str, Any] = {"address": address} if address else {}
         ray.init(**kwargs, log_to_driver=False, configure_logging=False)
         started = True
-    start = time.perf_counter()
+    start, wall0 = time.perf_counter(), time.time()
     ctx = ray.data.DataContext.get_current()
     saved = (ctx.enable_progress_bars, ctx.max_errored_blocks)
     try:
@@ -303,6 +340,7 @@ def run_ray(source: Source, dest: Path, config: RunConfig, *, batch_size: int, m
             cache=cache, plugins=plugins, installed=installed, poison=poison_setting(),
         )
         devices: set[str] = set()
+        timing: list[pa.Table] = []
 
         written = errors = 0
         blocks = max(2 * workers, min(-(-max(total, 1) // batch_size), 20_000))
@@ -321,6 +359,7 @@ def run_ray(source: Source, dest: Path, config: RunConfig, *, batch_size: int, m
             with tqdm(total=total, unit="row", desc=f"embed-dataset (ray, {workers} actors)", disable=not progress,
                       smoothing=0.1) as bar:
                 for b in out.iter_batches(batch_size=None, batch_format="pyarrow"):
+                    timing.append(b.select(["actor", "rows", "born", "ready", "began", "ended"]))
                     for r, e, s, d in zip(*(b.column(c).to_pylist() for c in ("rows", "errors", "skipped", "device"))):
                         written, errors = written + r, errors + e
                         devices.add(d)
@@ -332,7 +371,7 @@ def run_ray(source: Source, dest: Path, config: RunConfig, *, batch_size: int, m
                                     cpus, gpus, progress)
             written, errors = written + w, errors + e
         return {"written": written, "errors": errors, "seconds": time.perf_counter() - start,
-                "devices": sorted(devices), "cpus_per_actor": cpus, "gpus_per_actor": gpus,
+                **_phases(timing, wall0, time.time()), "devices": sorted(devices), "cpus_per_actor": cpus, "gpus_per_actor": gpus,
                 "rows_isolated": isolated, "rows_killed_worker": killed}
     finally:
         ctx.enable_progress_bars, ctx.max_errored_blocks = saved
