@@ -511,3 +511,36 @@ def test_raw_digest_refuses_ambiguous_items(tmp_path):
     q.putpalette([255 - v for v in p.getpalette()])
     assert raw_digest(p)[0] != raw_digest(q)[0]  # same indices, other palette
     assert raw_digest("a cat")[0] != raw_digest(b"a cat")[0]
+
+
+def test_crc_rows_and_rows_checked_with_the_former_blake2b(tmp_path):
+    """Rows are checked with a CRC-32 (4 bytes); rows and aliases written with the former blake2b checks
+    (16 and 8 bytes) are still served, and a flipped byte under either check is never served."""
+    import hashlib
+
+    from hub.cache._store import _checksum_v0
+
+    store = EmbeddingCache(tmp_path / "v.sqlite")
+    rows = [(bytes([k]) * 32, "s", torch.randn(3, 4, generator=torch.Generator().manual_seed(k)), None) for k in (1, 2)]
+    store.put_many(rows, aliases=[(b"r" * 32, rows[0][0]), (b"q" * 32, rows[1][0])])
+    con = sqlite3.connect(store.path)
+    assert {len(c) for (c,) in con.execute("SELECT checksum FROM entries")} == {4}
+    assert {len(c) for (c,) in con.execute("SELECT chk FROM raw_keys")} == {4}
+    key, data = rows[1][0], rows[1][2].numpy().tobytes()
+    con.execute("UPDATE entries SET checksum = ? WHERE key = ?", (_checksum_v0(key, 3, 4, "float32", None, data), key))
+    con.execute("UPDATE raw_keys SET chk = ? WHERE raw = ?", (hashlib.blake2b(b"q" * 32 + key, digest_size=8).digest(),
+                                                             b"q" * 32))
+    con.commit()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        got = store.get_raw([b"r" * 32, b"q" * 32])
+    assert torch.equal(got[b"q" * 32][1].tokens, rows[1][2]) and torch.equal(got[b"r" * 32][1].tokens, rows[0][2])
+    for k in (1, 2):  # one flipped bit in each row's tokens
+        rid, blob = con.execute("SELECT b.id, b.data FROM blobs b JOIN entries e ON e.id = b.id WHERE e.key = ?",
+                                (bytes([k]) * 32,)).fetchone()
+        con.execute("UPDATE blobs SET data = ? WHERE id = ?", (blob[:7] + bytes([blob[7] ^ 1]) + blob[8:], rid))
+    con.commit()
+    con.close()
+    with pytest.warns(CacheCorruptionWarning, match="2 row"):
+        assert store.get_raw([b"r" * 32, b"q" * 32]) == {}
+    assert store.info()["entries"] == 0

@@ -272,7 +272,14 @@ class _Rows(MutableMapping):
             lengths[r] = n
         if len(dims) != 1:
             raise CacheError(f"cached rows of different widths {sorted(dims)} in one call")
-        out = np.zeros((len(order), int(lengths.max()), dims.pop()), np.float32)
+        shape = (len(order), int(lengths.max()), dims.pop())
+        if len(groups) == 1 and not computed and shape[1]:  # every row stored, all of one length: no padding
+            (n, dim, dtype), (rs, datas) = next(iter(groups.items()))
+            out = np.frombuffer(bytearray().join(datas), dtype=_DTYPES[dtype]).reshape(shape)  # writable, no copy
+            out = out if out.dtype == np.float32 else out.astype(np.float32)
+            groups = {}
+        else:
+            out = np.zeros(shape, np.float32)
         for (n, dim, dtype), (rs, datas) in groups.items():
             if n:
                 block = np.frombuffer(b"".join(datas), dtype=_DTYPES[dtype]).reshape(len(rs), n, dim)

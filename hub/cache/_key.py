@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import os
@@ -328,6 +329,7 @@ _INSTALLED: dict[str, str] = {}
 _FOLDERS: dict[str, tuple[str, str]] = {}
 
 
+@functools.lru_cache(maxsize=None)
 def _norm(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
 
