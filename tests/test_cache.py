@@ -518,7 +518,7 @@ def test_crc_rows_and_rows_checked_with_the_former_blake2b(tmp_path):
     (16 and 8 bytes) are still served, and a flipped byte under either check is never served."""
     import hashlib
 
-    from hub.cache._store import _checksum_v0
+    from hub.cache._rows import _checksum_v0
 
     store = EmbeddingCache(tmp_path / "v.sqlite")
     rows = [(bytes([k]) * 32, "s", torch.randn(3, 4, generator=torch.Generator().manual_seed(k)), None) for k in (1, 2)]
@@ -544,3 +544,35 @@ def test_crc_rows_and_rows_checked_with_the_former_blake2b(tmp_path):
     with pytest.warns(CacheCorruptionWarning, match="2 row"):
         assert store.get_raw([b"r" * 32, b"q" * 32]) == {}
     assert store.info()["entries"] == 0
+
+
+def test_access_times_written_with_the_next_write_or_at_exit(tmp_path):
+    """A read records access times in memory; they reach the file with the store's next write (before it
+    evicts), flush()/close(), or when the reading process exits."""
+    import time
+
+    path = tmp_path / "t.sqlite"
+    store = EmbeddingCache(path)
+    keys = [bytes([k]) * 32 for k in range(3)]
+    store.put_many([(k, "s", torch.ones(2, 4), None) for k in keys], aliases=[(b"r" * 32, keys[2])])
+
+    def accessed() -> list[float]:
+        con = sqlite3.connect(path)
+        try:
+            return [con.execute("SELECT accessed FROM entries WHERE key = ?", (k,)).fetchone()[0] for k in keys]
+        finally:
+            con.close()
+
+    t0 = accessed()
+    time.sleep(0.02)
+    store.get_many([keys[0]])
+    store.put_many([(b"x" * 32, "s", torch.ones(2, 4), None)])  # a write carries the pending access time
+    t1 = accessed()
+    assert t1[0] > t0[0] and t1[1:] == t0[1:]
+    store.get_raw([b"r" * 32])
+    store.flush()
+    assert accessed()[2] > t0[2]
+    code = f"from hub.cache import EmbeddingCache; EmbeddingCache({str(path)!r}).get_many([bytes([1]) * 32])"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    subprocess.run([sys.executable, "-c", code], env=env, check=True, timeout=120)
+    assert accessed()[1] > t1[1]  # written at exit

@@ -24,7 +24,8 @@ from ._key import (
     processor_digest,
     raw_digest,
 )
-from ._store import _DTYPES, DB_NAME, EmbeddingCache, decode
+from ._rows import _DTYPES, decode
+from ._store import DB_NAME, EmbeddingCache
 
 __all__ = ["resolve_cache", "default_cache_path", "cached_embed", "keys_for", "CachedCall"]
 

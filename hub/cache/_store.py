@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import hashlib
+import atexit
 import os
 import sqlite3
-import struct
 import threading
 import time
 import warnings
-import zlib
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Literal, Sequence
 
@@ -18,6 +15,7 @@ import numpy as np
 import torch
 
 from ..errors import CacheCorruptError, CacheError
+from ._rows import _DTYPES, CacheEntry, _alias_check, _alias_ok, _checksum, _entry, _valid, decode
 
 __all__ = ["EmbeddingCache", "CacheCorruptionWarning", "CacheEntry", "DEFAULT_MAX_BYTES", "DB_NAME"]
 
@@ -26,7 +24,6 @@ DB_NAME = "embeddings.sqlite"
 ENV_MAX_BYTES = "MODALITY_HUB_CACHE_MAX_BYTES"
 DEFAULT_MAX_BYTES = 4 << 30
 SCHEMA_VERSION = "1"
-_DTYPES = {"float32": np.dtype("<f4"), "float16": np.dtype("<f2")}
 _IN_CHUNK = 999  # keys per SELECT ... IN (...): SQLite's historical bound on parameters
 
 _SCHEMA = (
@@ -54,51 +51,21 @@ _SCHEMA = (
 )
 
 
+_MAX_PENDING = 100_000  # keys whose access time may wait for the next write
+_PENDING: "set[EmbeddingCache]" = set()  # stores with unwritten access times (held until written)
+
+
+@atexit.register
+def _flush_at_exit() -> None:
+    for cache in list(_PENDING):  # a store dropped without close() too
+        try:
+            cache.flush()
+        except Exception:  # noqa: BLE001 - only LRU order is at stake
+            pass
+
+
 class CacheCorruptionWarning(RuntimeWarning):
     """A corrupt cache row or file was found; it was dropped (or set aside) and is being rebuilt."""
-
-
-@dataclass
-class CacheEntry:
-    """One stored item: its real tokens ``(n, dim)`` float32 and, when not a prefix of all-true, its mask."""
-
-    tokens: torch.Tensor
-    mask: torch.Tensor | None = None
-
-
-def _checksum(key: bytes, n: int, dim: int, dtype: str, mask: bytes | None, data: bytes) -> bytes:
-    """CRC-32 (zlib) over the key, shape, dtype, mask and bytes: 4 bytes, ~1 us for a 2 KB row (blake2b took 4)."""
-    head = key + struct.pack("<qq", n, dim) + dtype.encode() + (b"m%d:" % len(mask) + mask if mask is not None else b"-")
-    return struct.pack("<I", zlib.crc32(data, zlib.crc32(head)))
-
-
-def _checksum_v0(key: bytes, n: int, dim: int, dtype: str, mask: bytes | None, data: bytes) -> bytes:
-    """The 16-byte blake2b of rows written before the CRC-32 (still checked, never written)."""
-    h = hashlib.blake2b(digest_size=16)
-    h.update(key + struct.pack("<qq", n, dim) + dtype.encode() + b"|")
-    h.update(b"m%d:" % len(mask) + mask if mask is not None else b"-")
-    h.update(data)
-    return h.digest()
-
-
-def _valid(key: bytes, n: int, dim: int, dtype: str, checksum: bytes, mask: bytes | None, data: bytes | None) -> bool:
-    """Whether a stored row passes its checksum and its size matches its shape."""
-    if not isinstance(data, bytes) or not isinstance(checksum, bytes) or dtype not in _DTYPES \
-            or len(data) != n * dim * _DTYPES[dtype].itemsize:
-        return False
-    return (_checksum if len(checksum) == 4 else _checksum_v0)(key, n, dim, dtype, mask, data) == checksum
-
-
-def _alias_check(raw: bytes, key: bytes) -> bytes:
-    return struct.pack("<I", zlib.crc32(raw + key))
-
-
-def _alias_ok(raw: bytes, key: bytes, chk: bytes) -> bool:
-    if not isinstance(chk, bytes) or not isinstance(key, bytes):
-        return False
-    if len(chk) == 4:
-        return _alias_check(raw, key) == chk
-    return hashlib.blake2b(raw + key, digest_size=8).digest() == chk  # written before the CRC-32
 
 
 def _is_corruption(exc: sqlite3.Error) -> bool:
@@ -107,23 +74,6 @@ def _is_corruption(exc: sqlite3.Error) -> bool:
         return True
     text = str(exc).lower()
     return "malformed" in text or "not a database" in text or "corrupt" in text
-
-
-def _entry(key: bytes, rid: int, n: int, dim: int, dtype: str, checksum: bytes, mask: bytes | None,
-           data: bytes | None) -> CacheEntry | None:
-    """A row as an entry; ``None`` when it fails its checksum or shape."""
-    if not _valid(key, n, dim, dtype, checksum, mask, data):
-        return None
-    return decode(n, dim, dtype, mask, data)
-
-
-def decode(n: int, dim: int, dtype: str, mask: bytes | None, data: bytes) -> CacheEntry:
-    """A checked record's tokens as float32 (a copy) and its mask."""
-    tokens = torch.from_numpy(np.frombuffer(data, dtype=_DTYPES[dtype]).reshape(n, dim).astype(np.float32))
-    m = None
-    if mask is not None:
-        m = torch.from_numpy(np.unpackbits(np.frombuffer(mask, np.uint8), count=n).astype(bool))
-    return CacheEntry(tokens, m)
 
 
 class EmbeddingCache:
@@ -172,12 +122,13 @@ class EmbeddingCache:
         self._lock = threading.RLock()
         self._conn: sqlite3.Connection | None = None
         self._pid = -1
+        self._pending: list[tuple[float, list[bytes]]] = []  # (time, keys) read, access time not yet written
 
     def __getstate__(self) -> dict:  # picklable (multiprocessing, Ray): the connection is reopened there
-        return {k: v for k, v in self.__dict__.items() if k not in ("_lock", "_conn", "_pid")}
+        return {k: v for k, v in self.__dict__.items() if k not in ("_lock", "_conn", "_pid", "_pending")}
 
     def __setstate__(self, state: dict) -> None:
-        self.__dict__.update(state, _lock=threading.RLock(), _conn=None, _pid=-1)
+        self.__dict__.update(state, _lock=threading.RLock(), _conn=None, _pid=-1, _pending=[])
 
     def __repr__(self) -> str:
         return f"EmbeddingCache({str(self.path)!r}, dtype={self.dtype!r}, max_bytes={self.max_bytes})"
@@ -186,7 +137,9 @@ class EmbeddingCache:
     def _connect(self) -> sqlite3.Connection:
         if self._conn is not None and self._pid == os.getpid():
             return self._conn
-        self._conn = None  # a connection inherited through fork is never reused
+        if self._pid != -1:  # a connection inherited through fork is never reused, nor the parent's pending reads
+            self._pending = []
+        self._conn = None
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -297,8 +250,13 @@ class EmbeddingCache:
                     raise CacheError(f"embedding cache {str(self.path)!r}: {type(exc).__name__}: {exc}") from exc
 
     def close(self) -> None:
+        """Write pending access times (:meth:`flush`) and close the connection."""
         with self._lock:
             if self._conn is not None and self._pid == os.getpid():
+                try:
+                    self._flush(self._conn)
+                except sqlite3.Error:
+                    pass
                 self._conn.close()
             self._conn = None
 
@@ -321,7 +279,7 @@ class EmbeddingCache:
     def _select(self, conn: sqlite3.Connection, keys: list[bytes], touch: bool) -> tuple[dict[bytes, CacheEntry], list[bytes]]:
         found: dict[bytes, CacheEntry] = {}
         bad: list[bytes] = []
-        ids: list[int] = []
+        touched: list[bytes] = []
         for s in range(0, len(keys), _IN_CHUNK):
             chunk = keys[s : s + _IN_CHUNK]
             rows = conn.execute(
@@ -333,22 +291,42 @@ class EmbeddingCache:
                     bad.append(row[0])
                 else:
                     found[row[0]] = entry
-                    ids.append(row[1])
+                    touched.append(row[0])
         if touch:
-            self._touch(conn, ids)
+            self._touch(conn, touched)
         return found, bad
 
-    def _touch(self, conn: sqlite3.Connection, ids: list[int]) -> None:
-        if ids:
-            now = time.time()
+    def _touch(self, conn: sqlite3.Connection, keys: list[bytes]) -> None:
+        """Note that ``keys`` were read now.  The access times are written with this store's next write
+        (in its transaction, before eviction), by :meth:`flush`, :meth:`close`, or at exit: a call whose
+        items all hit makes no write of its own."""
+        if keys:
+            self._pending.append((time.time(), keys))
+            _PENDING.add(self)
+            if sum(len(k) for _, k in self._pending) >= _MAX_PENDING:
+                self._flush(conn)
+
+    def _write_touches(self, conn: sqlite3.Connection) -> None:  # in a write transaction
+        pending, self._pending = self._pending, []
+        _PENDING.discard(self)
+        for now, keys in pending:
+            for s in range(0, len(keys), _IN_CHUNK - 1):
+                chunk = keys[s : s + _IN_CHUNK - 1]
+                conn.execute(f"UPDATE entries SET accessed = ? WHERE key IN ({','.join('?' * len(chunk))})",
+                             [now, *chunk])
+
+    def _flush(self, conn: sqlite3.Connection) -> None:
+        if self._pending:
             try:
                 with self._write(conn):
-                    for s in range(0, len(ids), _IN_CHUNK - 1):
-                        chunk = ids[s : s + _IN_CHUNK - 1]
-                        conn.execute(f"UPDATE entries SET accessed = ? WHERE id IN ({','.join('?' * len(chunk))})",
-                                     [now, *chunk])
-            except sqlite3.OperationalError as exc:  # busy past the timeout: the hits are still good
-                warnings.warn(f"embedding cache: could not record access times ({exc})", RuntimeWarning, stacklevel=5)
+                    self._write_touches(conn)
+            except sqlite3.OperationalError as exc:  # busy past the timeout: only LRU order is at stake
+                warnings.warn(f"embedding cache: could not record access times ({exc})", RuntimeWarning, stacklevel=4)
+
+    def flush(self) -> None:
+        """Write the access times of the reads since this store's last write (LRU order for other processes)."""
+        if self._pending:
+            self._run(self._flush)
 
     def get_raw(self, raws: Sequence[bytes]) -> dict[bytes, tuple[bytes, CacheEntry]]:
         """The entries behind raw-item keys, one query: ``{raw key: (entry key, entry)}`` (misses are absent).
@@ -380,7 +358,7 @@ class EmbeddingCache:
         found: dict[bytes, tuple] = {}
         bad_raw: list[bytes] = []
         bad: list[bytes] = []
-        ids: list[int] = []
+        touched: list[bytes] = []
         for s in range(0, len(raws), _IN_CHUNK):
             chunk = raws[s : s + _IN_CHUNK]
             rows = conn.execute(
@@ -394,8 +372,8 @@ class EmbeddingCache:
                     bad.append(key)
                 else:
                     found[raw] = (key, n, dim, dtype, mask, data)
-                    ids.append(rid)
-        self._touch(conn, ids)
+                    touched.append(key)
+        self._touch(conn, touched)
         return found, bad_raw, bad
 
     @staticmethod
@@ -431,6 +409,7 @@ class EmbeddingCache:
         now = time.time()
         added = 0
         with self._write(conn):
+            self._write_touches(conn)
             if pairs:
                 conn.executemany("INSERT OR REPLACE INTO raw_keys(raw, key, chk) VALUES (?, ?, ?)", pairs)
             for key, space, n, dim, checksum, mask, data in packed:
