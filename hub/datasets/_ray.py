@@ -172,8 +172,12 @@ class RayEmbedder:
                          "ended": [time.time()]})
 
 
-def _read(source: Source, skip: pa.Array | None, read_cpus: float, blocks: int):
-    """The Ray Data dataset of the source's rows (file sources already without the ``skip`` ids)."""
+def _read(source: Source, skip: pa.Array | None, read_cpus: float, blocks: int, rows_per_block: int):
+    """The Ray Data dataset of the source's rows (file sources already without the ``skip`` ids).
+
+    Table reads are re-cut into blocks of at most ``rows_per_block`` rows (a streaming repartition):
+    Ray 2.60 reads one Parquet file as one block whatever ``override_num_blocks`` says, and one block
+    is one task, so a single-file source would run on one actor while the others wait."""
     import ray
 
     if isinstance(source, FileSource):
@@ -206,7 +210,7 @@ def _read(source: Source, skip: pa.Array | None, read_cpus: float, blocks: int):
         if "lines" in inspect.signature(ray.data.read_json).parameters:
             args["lines"] = True
         ds = ray.data.read_json(files, **args)
-    return ds, base
+    return ds.repartition(target_num_rows_per_block=rows_per_block), base
 
 
 def _missing(all_ids: pa.Array, dest: Path, skip: pa.Array | None) -> pa.Array:
@@ -344,7 +348,7 @@ def run_ray(source: Source, dest: Path, config: RunConfig, *, batch_size: int, m
 
         written = errors = 0
         blocks = max(2 * workers, min(-(-max(total, 1) // batch_size), 20_000))
-        ds, base = _read(source, skip, READ_CPUS, blocks)
+        ds, base = _read(source, skip, READ_CPUS, blocks, batch_size)
         if ds is not None:
             skip_ref = ray.put(skip) if skip is not None and len(skip) and source.kind != "files" else None
             # a dead actor is restarted, and its batch retried once (Ray Data's default retries forever); Ray 2.60
