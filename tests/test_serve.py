@@ -8,6 +8,7 @@ bad-item isolation, a hanging encoder and the SIGTERM drain are checked on small
 from __future__ import annotations
 
 import base64
+import io
 import json
 import os
 import signal
@@ -458,11 +459,53 @@ def test_queue_full_429_with_retry_after(encoders, data):
             r = post(s, {"model": "m", "input": "one more"})
             assert r.status_code == 429 and r.json()["error"]["code"] == "queue_full"
             assert 1 <= int(r.headers["Retry-After"]) <= 60
+            # full: refused by the gate before the body is read, so even a body that is not JSON gets the 429
+            r = httpx.post(f"{s.url}/v1/embeddings", content=b"{not json", timeout=30)
+            assert r.status_code == 429 and "Retry-After" in r.headers
         finally:
             gate.set()
         first.join(60), second.join(60)
         assert out["r"].status_code == 200
-        assert 'mhub_rejections_total{reason="queue_full"} 1.0' in httpx.get(f"{s.url}/metrics").text
+        metrics = httpx.get(f"{s.url}/metrics").text
+        assert 'mhub_rejections_total{reason="queue_full"} 2.0' in metrics
+        assert 'mhub_request_duration_seconds_count{modality="text",status="429"} 2.0' in metrics
+
+
+def test_queue_refusal_when_a_request_does_not_fit(encoders):
+    """Room for some items but not for the request's: refused after parsing (Batcher.admit), before decoding."""
+    gate, started = threading.Event(), threading.Event()
+    with running({"m": Proxy(encoders["minilm-l6"], gate=gate, started=started)}, max_queue_items=4) as s:
+        try:
+            first = threading.Thread(target=post, args=(s, {"model": "m", "input": ["a", "b"]}))
+            first.start()
+            assert started.wait(30)
+            assert post(s, {"model": "m", "input": ["c"] * 3}).status_code == 429  # 2 + 3 > 4
+            assert httpx.post(f"{s.url}/v1/embeddings", content=b"{not json", timeout=30).status_code == 400
+        finally:
+            gate.set()
+        first.join(60)
+        assert post(s, {"model": "m", "input": ["c"] * 3}).status_code == 200
+
+
+def test_batch_threads_run_at_lower_priority(encoders):
+    """batch_nice: the batch threads' niceness is the server's plus batch_nice (at most 19), so the event loop
+    preempts them; the event loop's own thread keeps its niceness."""
+    if not sys.platform.startswith("linux"):
+        pytest.skip("per-thread niceness is Linux's")
+    from hub.serve.batcher import Batcher
+    from hub.serve.metrics import Metrics
+
+    def nice() -> int:
+        return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+    mine = nice()
+    for extra in (0, 3):
+        b = Batcher("m", encoders["minilm-l6"], ServeConfig(batch_nice=extra, batch_threads=1), Metrics())
+        try:
+            assert b._executor.submit(nice).result(30) == min(19, mine + extra)
+        finally:
+            b._executor.shutdown()
+    assert nice() == mine
 
 
 def test_hanging_encoder_turns_ready_false(encoders):
@@ -596,25 +639,75 @@ def test_load_models_aliases_and_warm_up(hub, tmp_path):
                           if line.startswith('mhub_batch_duration_seconds_count{model="graphs"}'))) >= 4
 
 
-def test_served_items_come_from_the_embedding_cache(hub, tmp_path):
-    """mhub serve --cache: a second request for the same items is answered from the store, bit for bit,
-    without running the model (the encoder's forward is broken for the second request)."""
+def _cache_counts(server, model):
+    """mhub_cache_items_total of ``model`` by result (raw_hit, hit, miss)."""
+    out = {}
+    for line in httpx.get(f"{server.url}/metrics").text.splitlines():
+        if line.startswith("mhub_cache_items_total{") and f'model="{model}"' in line:
+            out[line.split('result="')[1].split('"')[0]] = int(float(line.split()[-1]))
+    return out
+
+
+@contextmanager
+def broken(encoder, *methods):
+    """``encoder``'s class methods raise while inside (on the class: instance attributes would change the
+    processor state that the cache's raw-form keys cover)."""
+    cls = type(encoder)
+    saved = {m: cls.__dict__.get(m) for m in methods}
+
+    def fail(*_, **__):
+        raise RuntimeError("ran for an item the cache holds")
+
+    for m in methods:
+        setattr(cls, m, fail)
+    try:
+        yield
+    finally:
+        for m, f in saved.items():
+            if f is None:
+                delattr(cls, m)
+            else:
+                setattr(cls, m, f)
+
+
+def test_served_items_come_from_the_embedding_cache(hub, tmp_path, data):
+    """mhub serve --cache, as Hub.embed(cache=...): texts seen before are served by their raw form (neither
+    prepare nor the model runs: both are broken), bit for bit; an image re-encoded to other PNG bytes (same
+    pixels) misses its raw form, is prepared and found by its prepared form (the model is broken), and is then
+    an alias too; vectors equal Hub.embed within 1e-5, and Hub.embed on the same store finds the server's entries."""
+    from PIL import Image
+
     from hub.cache import EmbeddingCache
 
     texts = ["a cat on a mat", "two dogs", "a bird"]
-    encoder = hub.registry.create_encoder("tiny-bert").eval()
+    text_enc = hub.registry.create_encoder("tiny-bert").eval()
+    image_enc = hub.registry.create_encoder("tiny-clip").eval()
+    buf = io.BytesIO()
+    Image.open(io.BytesIO(data["images"][0])).save(buf, format="PNG", compress_level=0)
+    other_png = buf.getvalue()
+    assert other_png != data["images"][0]
     store = tmp_path / "embeddings.sqlite"
-    with running({"tiny-bert": encoder}, cache=str(store)) as s:
-        first = vectors(post(s, {"model": "tiny-bert", "input": texts}))
-        assert EmbeddingCache(store).info()["entries"] == len(texts)
-        original = encoder.forward
-        encoder.forward = lambda **_: (_ for _ in ()).throw(RuntimeError("the model ran for cached items"))
-        try:
-            again = vectors(post(s, {"model": "tiny-bert", "input": list(reversed(texts))}))
-        finally:
-            encoder.forward = original
+    parts = lambda pngs: [{"type": "image_url", "image_url": {"url": "data:image/png;base64," + b64(p)}} for p in pngs]  # noqa: E731
+    with running({"tb": text_enc, "clip": image_enc}, cache=str(store)) as s:
+        first = vectors(post(s, {"model": "tb", "input": texts}))
+        assert _cache_counts(s, "tb") == {"miss": 3, "hit": 0, "raw_hit": 0}
+        with broken(text_enc, "prepare", "forward"):
+            again = vectors(post(s, {"model": "tb", "input": [{"type": "text", "text": t} for t in reversed(texts)]}))
+        assert _cache_counts(s, "tb") == {"miss": 3, "hit": 0, "raw_hit": 3}
+        image = vectors(post(s, {"model": "clip", "input": parts(data["images"][:1])}))
+        with broken(image_enc, "forward"):
+            same_pixels = vectors(post(s, {"model": "clip", "input": parts([other_png])}))
+        with broken(image_enc, "prepare", "forward"):
+            alias = vectors(post(s, {"model": "clip", "input": parts([other_png, data["images"][0]])}))
+        assert _cache_counts(s, "clip") == {"miss": 1, "hit": 1, "raw_hit": 2}
     assert np.array_equal(again[::-1], first)
-    np.testing.assert_allclose(first, reference(hub, texts, "tiny-bert"), atol=1e-5)
+    assert np.array_equal(same_pixels, image) and np.array_equal(alias, np.concatenate([image, image]))
+    np.testing.assert_allclose(first, reference(hub, texts, "tiny-bert"), atol=TOL)
+    np.testing.assert_allclose(image, reference(hub, data["images"][:1], "tiny-clip"), atol=TOL)
+    assert EmbeddingCache(store).info()["entries"] == 4
+    with broken(text_enc, "prepare", "forward"):  # the hub's own tiny-bert: same weights, same keys
+        mine = hub.embed(texts, encoder="tiny-bert", cache=store).pooled(normalize=True).numpy()
+    np.testing.assert_allclose(mine, first, atol=1e-6)
 
 
 @pytest.mark.slow

@@ -13,8 +13,10 @@ import asyncio
 import base64
 import json
 import time
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -26,6 +28,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.concurrency import run_in_threadpool
 
 from ..errors import HubError
+from ..tokens import TokenEmbeddings
 from .batcher import Batcher, ItemResult
 from .config import ServeConfig
 from .decode import RawItem, split_input, to_hub_item
@@ -37,6 +40,8 @@ from .schemas import EmbeddingRequest, EmbeddingResponse, ErrorBody, ModelCard, 
 
 __all__ = ["create_app", "ServerCore"]
 
+#: the embeddings endpoint's paths
+EMBEDDING_PATHS = ("/v1/embeddings", "/embeddings")
 #: responses above this many floats are serialized in a worker thread, off the event loop
 _BIG_RESPONSE = 50_000
 
@@ -72,6 +77,20 @@ class ServerCore:
     def reject(self, err: ApiError) -> None:
         self.metrics.rejections.labels(err.reason).inc()
 
+    def precheck(self, method: str, path: str) -> ApiError | None:
+        """Before an embeddings request's body is read: its 429 when no served encoder has room for one
+        more item (the gate answers it at once; a request that may fit is parsed and :meth:`Batcher.admit` ted)."""
+        if method != "POST" or path not in EMBEDDING_PATHS or not self.batchers:
+            return None
+        limit = self.cfg.max_queue_items
+        if any(b.backlog < limit for b in self.batchers.values()):
+            return None
+        return min(self.batchers.values(), key=lambda b: b.backlog).full_error(1)
+
+    def prechecked(self, err: ApiError, seconds: float) -> None:
+        modality = next(iter(self.models.values())).modality if len(self.models) == 1 else "none"
+        self.metrics.latency.labels(modality, str(err.status)).observe(seconds)
+
     # -- embeddings ----------------------------------------------------------------------------
     def model_for(self, req: EmbeddingRequest) -> ServedModel:
         model = self.models.get(req.model)
@@ -90,24 +109,66 @@ class ServerCore:
                                param="dimensions", reason="invalid_request")
         return model
 
-    def prepare(self, model: ServedModel, raws: list[RawItem]) -> tuple[list[Any], list[int], list[int]]:
-        """In the model's prepare thread: decode, check limits and ``prepare`` every item."""
+    def prepare(self, model: ServedModel, raws: list[RawItem]) -> Prepared:
+        """In the model's prepare thread: decode and check limits of every item, and ``prepare`` those the
+        embedding cache (``--cache``) does not hold in this raw form (a string, a file's bytes, an array)."""
         enc = model.encoder
-        prepared, lengths, counts = [], [], []
-        for raw in raws:
-            item = to_hub_item(raw, self.cfg)
+        items = {raw.index: to_hub_item(raw, self.cfg) for raw in raws}
+        out = Prepared({}, {}, {})
+        todo: list[int] = list(items)
+        cache = self.batchers[model.alias].cache
+        if cache is not None:
+            from ..cache import CachedCall
+
+            try:
+                out.call = CachedCall(cache, enc)
+                todo = out.call.serve_raw(items)  # the rest: looked up by their prepared form in the batch
+            except Exception as exc:  # noqa: BLE001 - a cache failure must not fail the request
+                _warn_cache(exc)
+                out.call, todo = None, list(items)
+            self.metrics.cache_items.labels(model.alias, "raw_hit").inc(len(items) - len(todo))
+        by_index = {raw.index: raw for raw in raws}
+        for i in todo:
+            raw, item = by_index[i], items[i]
             try:
                 p = enc.prepare(item, raw.index)
-                lengths.append(model.length(p))
-                counts.append(int(enc.num_tokens(p)))
+                out.lengths[i] = model.length(p)
+                out.counts[i] = int(enc.num_tokens(p))
             except HubError as exc:
                 raise ApiError(400, f"{raw.param}: {exc}", param=raw.param, reason="invalid_input",
                                code=type(exc).__name__) from None
             except Exception as exc:  # noqa: BLE001 - a plugin bug still names the item and spares the server
                 raise ApiError(400, f"{raw.param}: {getattr(enc, 'name', 'the encoder')} could not read it: "
                                f"{type(exc).__name__}: {exc}", param=raw.param, reason="invalid_input") from None
-            prepared.append(p)
-        return prepared, lengths, counts
+            out.items[i] = p
+        return out
+
+    def from_cache(self, model: ServedModel, prep: Prepared, computed: dict[int, ItemResult],
+                   counts: list[int]) -> list[ItemResult]:
+        """In the model's prepare thread, with ``--cache``: every item as the cache holds it (the raw-form hits,
+        and the prepared items the batch looked up or stored), recording raw-form aliases of the new ones, as
+        ``Hub.embed(cache=True)`` does. Items the store does not hold (evicted meanwhile, unhashable) are
+        taken from the batch's results (``computed``), never run again. Fills ``counts`` of the raw-form hits."""
+        enc = model.encoder
+
+        def run(todo: list[int]) -> TokenEmbeddings:
+            te = TokenEmbeddings.from_list([computed[i].tokens for i in todo], modality=enc.modality, space=enc.space,
+                                           pooling=enc.pooling, dim=int(enc.dim))
+            te.indices = list(todo)
+            return te
+
+        assert prep.call is not None
+        te = prep.call.embed(prep.items, run)
+        if te.indices != list(range(len(counts))):
+            raise RuntimeError(f"the embedding cache returned items {te.indices}, not 0..{len(counts) - 1}")
+        pooled = te.pooled().float().cpu()
+        out = []
+        for r in range(len(te)):
+            tokens = te[r].float().cpu()
+            if r not in prep.items:
+                counts[r] = int(tokens.shape[0])
+            out.append(ItemResult(pooled[r], tokens))
+        return out
 
     async def embed(self, req: EmbeddingRequest, model: ServedModel) -> bytes:
         raws = split_input(req.input, req.modality, self.cfg)
@@ -120,21 +181,34 @@ class ServerCore:
         batcher = self.batchers[req.model]
         batcher.admit(len(raws))  # 429 now, before decoding, when the queue is full
         loop = asyncio.get_running_loop()
+        pool = self.prepare_pools[req.model]
         batcher.incoming += 1
         try:
-            prepared, lengths, counts = await loop.run_in_executor(self.prepare_pools[req.model], self.prepare,
-                                                                   model, raws)
+            prep = await loop.run_in_executor(pool, self.prepare, model, raws)
         except BaseException:
             batcher.release(len(raws))
             raise
         finally:
             batcher.incoming -= 1
-        order = sorted(range(len(prepared)), key=lengths.__getitem__)  # shorter first: less padding per batch
-        future = batcher.submit([prepared[i] for i in order], [lengths[i] for i in order], req.return_tokens)
-        results: list[ItemResult] = await future
-        by_input: list[ItemResult] = [None] * len(order)  # type: ignore[list-item]
-        for r, i in enumerate(order):
-            by_input[i] = results[r]
+        batcher.release(len(raws) - len(prep.items))  # served from the cache by their raw form: not queued
+        order = sorted(prep.items, key=prep.lengths.__getitem__)  # shorter first: less padding per batch
+        computed: dict[int, ItemResult] = {}
+        if order:
+            future = batcher.submit([prep.items[i] for i in order], [prep.lengths[i] for i in order],
+                                    req.return_tokens or prep.call is not None)
+            computed = dict(zip(order, await future))
+        counts = [prep.counts.get(i, 0) for i in range(len(raws))]
+        if prep.call is not None:
+            try:
+                by_input = await loop.run_in_executor(pool, self.from_cache, model, prep, computed, counts)
+            except Exception as exc:  # noqa: BLE001 - the store failed: what the batch computed still answers
+                if len(computed) < len(raws):
+                    raise ApiError(503, f"the embedding cache failed ({type(exc).__name__}: {exc}); retry",
+                                   reason="cache_error") from None
+                _warn_cache(exc)
+                by_input = [computed[i] for i in range(len(raws))]
+        else:
+            by_input = [computed[i] for i in range(len(raws))]
         self.metrics.items.labels(req.model, model.modality).inc(len(by_input))
         if len(by_input) * model.dim > _BIG_RESPONSE:
             return await run_in_threadpool(self.response_body, req, model, by_input, counts)
@@ -160,6 +234,22 @@ class ServerCore:
         total = int(sum(counts))
         usage = {"prompt_tokens": total, "total_tokens": total, "tokens_by_modality": {model.modality: total}}
         return json.dumps({"object": "list", "data": data, "model": req.model, "usage": usage}).encode()
+
+
+@dataclass
+class Prepared:
+    """One request's items after its prepare thread: the prepared ones by input index (the others came from
+    the cache by their raw form), their lengths and token counts, and the request's cache call."""
+
+    items: dict[int, Any]
+    lengths: dict[int, int]
+    counts: dict[int, int]
+    call: Any = None  # hub.cache.CachedCall with --cache
+
+
+def _warn_cache(exc: Exception) -> None:
+    warnings.warn(f"embedding cache: not used for this request ({type(exc).__name__}: {exc})", RuntimeWarning,
+                  stacklevel=2)
 
 
 def _error_response(err: ApiError) -> JSONResponse:
@@ -249,7 +339,7 @@ def create_app(models: Sequence[ServedModel] | Mapping[str, Any], config: ServeC
         finally:
             core.metrics.latency.labels(modality, str(status)).observe(time.perf_counter() - start)
 
-    for path in ("/v1/embeddings", "/embeddings"):
+    for path in EMBEDDING_PATHS:
         app.add_api_route(path, embeddings, methods=["POST"], response_model=EmbeddingResponse, responses=errors,
                           openapi_extra=body_schema, summary="Embed items of any modality (OpenAI's shape)",
                           include_in_schema=path.startswith("/v1"))
@@ -284,5 +374,5 @@ def create_app(models: Sequence[ServedModel] | Mapping[str, Any], config: ServeC
         chat.install(app, core)
 
     app.add_middleware(Gate, state=core.gate, api_key=cfg.api_key, max_body_bytes=cfg.max_body_bytes,
-                       on_reject=core.reject)
+                       on_reject=core.reject, precheck=core.precheck, on_prechecked=core.prechecked)
     return app

@@ -42,6 +42,9 @@ class ServeConfig(BaseModel):
     prepare_threads: int = Field(1, ge=1, description="threads per encoder that decode and preprocess items")
     batch_threads: int = Field(0, ge=0, le=64, description="batches run at the same time per encoder; 0: one per core "
                                                            "(at most 4) on CPU with one torch thread, else 1")
+    batch_nice: int = Field(10, ge=0, le=19, description="on Linux, niceness added to the batch threads (and the "
+                            "intra-op threads they start), so the event loop preempts them: refusals and small "
+                            "requests stay fast while batches use every core; 0: same priority as the event loop")
 
     # -- health, shutdown, auth ------------------------------------------------------------
     heartbeat_interval_s: float = Field(1.0, gt=0, description="how often an idle worker answers its heartbeat")

@@ -8,7 +8,10 @@ In this order, before the app sees a request:
    compared in constant time (``hmac.compare_digest``); 401 otherwise, before any body is read;
 3. **body size**: a ``Content-Length`` above the limit is refused at once, and the body is
    counted while it is read, so a chunked upload is cut off at the limit (413) without being
-   buffered whole.
+   buffered whole;
+4. **full queue**: an embeddings request that no served encoder has room for (``precheck``)
+   gets its 429 at once, before its body is read or parsed: under overload, refusals cost
+   the event loop as little as possible, so they answer fast and leave it to the accepted requests.
 """
 
 from __future__ import annotations
@@ -45,10 +48,14 @@ class Gate:
     """Pure ASGI middleware (no buffering beyond the limit, no Starlette request objects)."""
 
     def __init__(self, app: Any, *, state: GateState, api_key: str | None, max_body_bytes: int,
-                 on_reject: Callable[[ApiError], None]) -> None:
+                 on_reject: Callable[[ApiError], None],
+                 precheck: Callable[[str, str], ApiError | None] | None = None,
+                 on_prechecked: Callable[[ApiError, float], None] | None = None) -> None:
         self.app, self.state, self.max_body = app, state, max_body_bytes
         self._key = f"Bearer {api_key}".encode() if api_key else None
         self.on_reject = on_reject
+        #: (method, path) -> an error to answer before the body is read (a full queue), or None
+        self.precheck, self.on_prechecked = precheck, on_prechecked
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -72,6 +79,14 @@ class Gate:
         if length is not None and length.isdigit() and int(length) > self.max_body:
             await self._reject(send, self._too_large(int(length)))
             return
+        if self.precheck is not None:
+            start = time.perf_counter()
+            err = self.precheck(scope.get("method", ""), path)
+            if err is not None:
+                await self._reject(send, err)
+                if self.on_prechecked is not None:
+                    self.on_prechecked(err, time.perf_counter() - start)
+                return
         self.state.in_flight += 1
         try:
             await self.app(scope, self._limited(receive), send)

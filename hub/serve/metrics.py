@@ -27,6 +27,9 @@ class Metrics:
         self.batch_seconds = Histogram("mhub_batch_duration_seconds", "Time to run one batch (collate + forward)",
                                        ["model"], buckets=_LATENCY, registry=r)
         self.rejections = Counter("mhub_rejections_total", "Requests refused, by reason", ["reason"], registry=r)
+        self.cache_items = Counter("mhub_cache_items_total", "With --cache: items served by their raw form (raw_hit, "
+                                   "no prepare), by their prepared form (hit) or run through the model (miss)",
+                                   ["model", "result"], registry=r)
         self.items = Counter("mhub_items_total", "Items embedded", ["model", "modality"], registry=r)
         self.in_flight = Gauge("mhub_requests_in_flight", "Requests being served", registry=r)
         self.ready = Gauge("mhub_ready", "1 when every worker answered its heartbeat recently and the server is not draining",
