@@ -147,6 +147,33 @@ def mhub(name: str, encoders: tuple[str, ...], *extra: str) -> Proc:
     return Proc(name, cmd, port, "/health/ready")
 
 
+_LAUNCH = """
+import json, sys
+import torch
+from hub import Hub
+from hub.serve import ServeConfig, create_app, load_models, serve
+spec = json.loads(sys.argv[1])
+if spec["threads"]:
+    torch.set_num_threads(spec["threads"])
+app = create_app(load_models(spec["encoders"], hub=Hub()), ServeConfig(**spec["config"]))
+if spec["no_precheck"]:  # the queue-full check only after the body is parsed (as before the gate's precheck)
+    for m in app.user_middleware:
+        m.kwargs["precheck"] = None
+serve(app, host=spec["host"], port=spec["port"], log_level="warning")
+"""
+
+
+def mhub_variant(name: str, encoders: tuple[str, ...], config: dict[str, Any]) -> Proc:
+    """A server built from ``ServeConfig(**config)`` (for A/B runs of settings ``mhub serve`` has no flag for;
+    ``"no_precheck": true`` in ``config`` turns the gate's early 429 off)."""
+    port = free_port()
+    config = dict(config)
+    no_precheck = bool(config.pop("no_precheck", False))
+    spec = {"encoders": list(encoders), "config": config, "host": HOST, "port": port, "no_precheck": no_precheck,
+            "threads": int(TORCH_THREADS[1]) if TORCH_THREADS else 0}
+    return Proc(name, [sys.executable, "-c", _LAUNCH, json.dumps(spec)], port, "/health/ready")
+
+
 def infinity(python: str, model_dir: Path) -> Proc:
     port = free_port()
     cli = str(Path(python).parent / "infinity_emb")
@@ -188,18 +215,30 @@ async def closed_loop(url: str, bodies: list[dict], clients: int, desc: str) -> 
 
 
 async def open_loop(url: str, bodies: list[dict], rate: float, desc: str) -> dict[str, Any]:
-    """Requests start at ``rate`` per second whatever the answers (bounded: one task per body)."""
+    """Requests start at ``rate`` per second whatever the answers (bounded: one task per body).
+
+    A probe also asks ``GET /health/live`` every 50 ms meanwhile: how long the server's event loop takes
+    to answer a request that needs no work (what a 429 costs at least)."""
     results: list[tuple[int, float]] = []
+    probes: list[float] = []
     limits = httpx.Limits(max_connections=1024, max_keepalive_connections=1024)
-    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=120) as client:
+    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=120) as client, \
+            httpx.AsyncClient(base_url=url, timeout=120) as prober:
         async def one(body: dict, at: float) -> None:
             await asyncio.sleep(max(0.0, at - time.perf_counter()))
             t = time.perf_counter()
             r = await client.post("/embeddings", json=body)
             results.append((r.status_code, time.perf_counter() - t))
 
+        async def probe(until: float) -> None:
+            while time.perf_counter() < until:
+                t = time.perf_counter()
+                await prober.get("/health/live")
+                probes.append(time.perf_counter() - t)
+                await asyncio.sleep(0.05)
+
         start = time.perf_counter()
-        await asyncio.gather(*(one(b, start + i / rate) for i, b in enumerate(bodies)))
+        await asyncio.gather(probe(start + len(bodies) / rate), *(one(b, start + i / rate) for i, b in enumerate(bodies)))
         wall = time.perf_counter() - start
     ok = [t for s, t in results if s == 200]
     rejected = [t for s, t in results if s == 429]
@@ -210,7 +249,8 @@ async def open_loop(url: str, bodies: list[dict], rate: float, desc: str) -> dic
     return {"offered_req_per_s": rate, "requests": len(bodies), "accepted": len(ok), "rejected_429": len(rejected),
             "other": len(results) - len(ok) - len(rejected), "accepted_p50_ms": pct(ok, 50),
             "accepted_p99_ms": pct(ok, 99), "reject_p50_ms": pct(rejected, 50), "reject_p99_ms": pct(rejected, 99),
-            "accepted_items_per_s": len(ok) * PER_REQUEST / wall, "seconds": wall}
+            "accepted_items_per_s": len(ok) * PER_REQUEST / wall, "seconds": wall,
+            "live_probe_p50_ms": pct(probes, 50), "live_probe_p99_ms": pct(probes, 99)}
 
 
 def text_bodies(n: int, seed: int) -> list[dict]:
@@ -305,6 +345,94 @@ def rss_drift(n: int) -> dict[str, Any]:
             "drift": (after - before) / before, "errors": row["errors"], "seconds": row["seconds"]}
 
 
+def server_latency(url: str, status: str) -> dict[str, int]:
+    """The server's own ``mhub_request_duration_seconds`` histogram for ``status``: cumulative count by bucket."""
+    text = httpx.get(url + "/metrics", timeout=30).text
+    out: dict[str, int] = {}
+    for line in text.splitlines():
+        if line.startswith("mhub_request_duration_seconds_bucket") and f'status="{status}"' in line:
+            le = line.split('le="')[1].split('"')[0]
+            out[le] = out.get(le, 0) + int(float(line.rsplit(" ", 1)[1]))
+    return out
+
+
+def overload(rate_32: float, quick: bool, before: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Open-loop arrivals at 2x ``rate_32`` items/s against a server whose queue holds 256 items; with
+    ``rate_32`` 0, it is first measured on that server (32 clients, closed loop) and returned in ``before``."""
+    server = mhub("overload", (TEXT_MODEL,), "--max-queue-items", "256")
+    try:
+        asyncio.run(closed_loop(server.url, text_bodies(8, 98), 4, "overload warm-up"))
+        if not rate_32:
+            row = asyncio.run(closed_loop(server.url, text_bodies(96 if quick else 240, 32), 32, "overload x32"))
+            rate_32 = row["items_per_s"]
+            if before is not None:
+                before.update(row)
+        rate = 2 * rate_32 / PER_REQUEST
+        n = max(100, int(rate * (4 if quick else 15)))
+        result = asyncio.run(open_loop(server.url, text_bodies(n, 1000), rate, "2x overload"))
+        hist = server_latency(server.url, "429")
+        if hist.get("+Inf"):
+            result["server_429_within_50ms"] = hist.get("0.05", 0) / hist["+Inf"]
+            result["server_429_within_5ms"] = hist.get("0.005", 0) / hist["+Inf"]
+    finally:
+        server.stop()
+    return result
+
+
+def overload_ab(variants: dict[str, dict[str, Any]], rounds: int, quick: bool) -> dict[str, Any]:
+    """Each variant's server (``--max-queue-items 256``) under 2x overload, ``rounds`` times, interleaved: per
+    round and server, its 32-client rate is measured, then open-loop arrivals at twice that rate."""
+    servers = {n: mhub_variant(n, (TEXT_MODEL,), {"max_queue_items": 256, **cfg}) for n, cfg in variants.items()}
+    runs: dict[str, list[dict[str, Any]]] = {n: [] for n in servers}
+    try:
+        for n, server in servers.items():
+            asyncio.run(closed_loop(server.url, text_bodies(8, 98), 4, f"{n} warm-up"))
+        for r in range(rounds):
+            for n, server in servers.items():
+                row = asyncio.run(closed_loop(server.url, text_bodies(64 if quick else 128, 32 + r), 32, f"{n} x32"))
+                rate = 2 * row["items_per_s"] / PER_REQUEST
+                o = asyncio.run(open_loop(server.url, text_bodies(max(60, int(rate * (4 if quick else 8))), 1000 + r),
+                                          rate, f"{n} 2x"))
+                o["at_32_clients"] = row
+                o["load_avg"] = os.getloadavg()[0]
+                runs[n].append(o)
+    finally:
+        for server in servers.values():
+            server.stop()
+    for n, xs in runs.items():
+        hist = [x for x in xs]
+        print(f"{n:24} " + " | ".join(
+            f"429 p50/p99 {fmt(x['reject_p50_ms'])}/{fmt(x['reject_p99_ms'])} ms (n={x['rejected_429']}), acc p99 "
+            f"{fmt(x['accepted_p99_ms'], '.0f')} vs x32 {x['at_32_clients']['p99_ms']:.0f}, live p99 "
+            f"{fmt(x['live_probe_p99_ms'])}, x32 {x['at_32_clients']['items_per_s']:.0f}/s, load {x['load_avg']:.1f}"
+            for x in hist))
+
+    def med(n: str, key: str) -> float | None:
+        v = [x[key] for x in runs[n] if x[key] is not None]
+        return float(np.median(v)) if v else None
+
+    summary = {n: {"reject_p99_ms": med(n, "reject_p99_ms"), "reject_p50_ms": med(n, "reject_p50_ms"),
+                   "accepted_p99_ms": med(n, "accepted_p99_ms"), "live_probe_p99_ms": med(n, "live_probe_p99_ms"),
+                   "x32_items_per_s": float(np.median([x["at_32_clients"]["items_per_s"] for x in runs[n]])),
+                   "x32_p99_ms": float(np.median([x["at_32_clients"]["p99_ms"] for x in runs[n]]))} for n in runs}
+    print(f"\nmedian of {rounds} interleaved rounds:")
+    for n, m in summary.items():
+        print(f"{n:24} 429 p50 {fmt(m['reject_p50_ms'])} p99 {fmt(m['reject_p99_ms'])} ms; accepted p99 "
+              f"{fmt(m['accepted_p99_ms'], '.0f')} ms vs {m['x32_p99_ms']:.0f} ms at 32 clients; /health/live p99 "
+              f"{fmt(m['live_probe_p99_ms'])} ms; 32 clients {m['x32_items_per_s']:.1f} items/s")
+    return {"variants": variants, "runs": runs, "median": summary}
+
+
+def print_overload(o: dict[str, Any], p99_32: float) -> None:
+    print(f"\n2x overload ({o['offered_req_per_s']:.1f} req/s offered, queue 256 items): accepted {o['accepted']}, "
+          f"429 {o['rejected_429']}, other {o['other']}; 429 latency p50 {fmt(o['reject_p50_ms'])} ms, "
+          f"p99 {fmt(o['reject_p99_ms'])} ms; accepted p99 {fmt(o['accepted_p99_ms'])} ms "
+          f"(vs {p99_32:.1f} ms at 32 clients)")
+    print(f"  meanwhile GET /health/live p50 {fmt(o.get('live_probe_p50_ms'))} ms, p99 {fmt(o.get('live_probe_p99_ms'))} ms; "
+          f"server-side 429s within 5 ms {fmt(o.get('server_429_within_5ms'), '.0%')}, within 50 ms "
+          f"{fmt(o.get('server_429_within_50ms'), '.0%')}")
+
+
 # -- report --------------------------------------------------------------------------------------
 def fmt(v: Any, spec: str = ".1f") -> str:
     return "-" if v is None else (format(v, spec) if isinstance(v, float) else str(v))
@@ -322,6 +450,12 @@ def main() -> None:
                          "on a shared machine 1 avoids waits for descheduled OpenMP threads")
     ap.add_argument("--no-onnx", action="store_true", help="skip the `mhub serve --runtime onnx` row")
     ap.add_argument("--skip-rss", action="store_true", help="skip the RSS drift check")
+    ap.add_argument("--overload-only", action="store_true", help="only the 2x overload check, its rate measured on "
+                    "the same server first (JSON: serve_overload.json beside --json)")
+    ap.add_argument("--overload-ab", metavar="JSON", default=None,
+                    help='only the 2x overload check, on servers with these ServeConfig settings, interleaved, e.g. '
+                         '\'{"before": {"batch_nice": 0, "no_precheck": true}, "now": {}}\' (serve_overload_ab.json)')
+    ap.add_argument("--rounds", type=int, default=3, help="with --overload-ab: interleaved rounds")
     ap.add_argument("--rss-only", action="store_true", help="only the RSS drift check (JSON: serve_rss.json beside --json)")
     ap.add_argument("--json", type=Path, default=Path("benchmarks/results/serve.json"))
     # -- chat (issue 13): benchmarks/serve_chat.py --
@@ -345,6 +479,22 @@ def main() -> None:
               f", {s['seconds']:.0f} s")
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.with_name("serve_rss.json").write_text(json.dumps(s, indent=2))
+        return
+    if args.overload_ab:
+        out = {"load_avg_at_start": os.getloadavg(), **overload_ab(json.loads(args.overload_ab), args.rounds, args.quick)}
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.with_name("serve_overload_ab.json").write_text(json.dumps(out, indent=2))
+        return
+    if args.overload_only:
+        before: dict[str, Any] = {}
+        o = {"load_avg_at_start": os.getloadavg(), **overload(0, args.quick, before)}
+        o["at_32_clients"] = before
+        print(f"32 clients on the same server: {before['items_per_s']:.1f} items/s, p99 {before['p99_ms']:.1f} ms")
+        print_overload(o, before["p99_ms"])
+        print(f"2x overload: 429 p99 {fmt(o['reject_p99_ms'])} ms (goal <= 50); accepted p99 / p99 at 32 clients "
+              f"{o['accepted_p99_ms'] / before['p99_ms']:.2f} (goal <= 1.0); load average {os.getloadavg()[0]:.1f}")
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.with_name("serve_overload.json").write_text(json.dumps(o, indent=2))
         return
     scale = args.scale if args.scale is not None else (0.2 if args.quick else 1.0)
     counts = {c: max(c, int(scale * n)) for c, n in {1: 40, 8: 160, 32: 480, 64: 640}.items()}
@@ -391,14 +541,7 @@ def main() -> None:
     out["infinity"] = infinity_note or "measured"
 
     a32 = next(r for r in rows if r["system"] == "mhub-serve" and r["clients"] == 32)
-    server = mhub("overload", (TEXT_MODEL,), "--max-queue-items", "256")
-    try:
-        rate = 2 * a32["items_per_s"] / PER_REQUEST
-        n = max(100, int(rate * (4 if args.quick else 15)))
-        asyncio.run(closed_loop(server.url, text_bodies(8, 98), 4, "overload warm-up"))
-        out["overload"] = asyncio.run(open_loop(server.url, text_bodies(n, 1000), rate, "2x overload"))
-    finally:
-        server.stop()
+    out["overload"] = overload(a32["items_per_s"], args.quick)
     out["rss"] = None if args.skip_rss else rss_drift(rss_n)
 
     # -- table ------------------------------------------------------------------------------
@@ -415,10 +558,7 @@ def main() -> None:
     print("in-process Hub.embed items/s by batch_size (median of 3): " + ", ".join(f"{b}: {r:.1f}" for b, r in sweep.items())
           + f"  -> batch 32 / batch 8 = {sweep[32] / sweep[8]:.2f}x (the most batching can gain over one 8-text request)")
     o = out["overload"]
-    print(f"\n2x overload ({o['offered_req_per_s']:.1f} req/s offered, queue 256 items): accepted {o['accepted']}, "
-          f"429 {o['rejected_429']}, other {o['other']}; 429 latency p50 {fmt(o['reject_p50_ms'])} ms, "
-          f"p99 {fmt(o['reject_p99_ms'])} ms; accepted p99 {fmt(o['accepted_p99_ms'])} ms "
-          f"(vs {a32['p99_ms']:.1f} ms at 32 clients)")
+    print_overload(o, a32["p99_ms"])
     s = out["rss"] or {"requests": 0, "rss_after_warmup_mb": 0.0, "rss_end_mb": 0.0, "drift": 0.0, "errors": "skipped"}
     print(f"RSS over {s['requests']} mixed requests (5 modalities): {s['rss_after_warmup_mb']:.0f} MB after warm-up -> "
           f"{s['rss_end_mb']:.0f} MB at the end ({100 * s['drift']:+.1f}%), errors {s['errors'] or 'none'}")
