@@ -576,3 +576,25 @@ def test_access_times_written_with_the_next_write_or_at_exit(tmp_path):
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
     subprocess.run([sys.executable, "-c", code], env=env, check=True, timeout=120)
     assert accessed()[1] > t1[1]  # written at exit
+
+
+def test_lookups_overlapping_hashing_in_blocks(hub, tmp_path, monkeypatch):
+    """Raw keys looked up in blocks by a worker thread while the next are hashed: same rows, same order,
+    and a corrupt row found by the worker still raises (on_corrupt="raise")."""
+    from hub.cache import _embed
+
+    monkeypatch.setattr(_embed, "_OVERLAP", 2)
+    texts = [f"text number {i} " * (1 + i % 3) for i in range(7)]
+    store = EmbeddingCache(tmp_path / "o.sqlite")
+    first = hub.embed(texts, encoder="tiny-bert", cache=store)
+    calls = Calls(hub.encoder("tiny-bert"))
+    again = hub.embed(texts[::-1] + ["new"], encoder="tiny-bert", cache=store)
+    assert calls.items == 1 and again.indices == list(range(8))
+    for i in range(7):
+        assert torch.equal(again[6 - i], first[i])
+    con = sqlite3.connect(store.path)
+    con.execute("UPDATE entries SET n = n + 1")
+    con.commit()
+    con.close()
+    with pytest.raises(CacheCorruptError, match="checksum"):
+        hub.embed(texts, encoder="tiny-bert", cache=EmbeddingCache(store.path, on_corrupt="raise"))

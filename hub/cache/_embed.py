@@ -7,6 +7,7 @@ import os
 import threading
 import warnings
 from collections.abc import MutableMapping
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -34,6 +35,7 @@ _OPEN_LOCK = threading.Lock()
 _WARNED: set[str] = set()
 
 CacheArg = Any  # None | bool | str | os.PathLike | EmbeddingCache
+_OVERLAP = 256  # raw keys per lookup while the next ones are hashed
 
 
 def default_cache_path(hub: Any = None) -> Path:
@@ -155,18 +157,34 @@ class CachedCall:
     def serve_raw(self, items: Mapping[int, Any]) -> list[int]:
         """Serve the items seen before in this raw form; returns the indices still to prepare, in order."""
         alias_base = b"alias" + self.base + processor_digest(self.encoder)
-        for i, x in items.items():
+        # hashing (sha256 releases the GIL on large buffers) and the lookups (so does SQLite's step) overlap:
+        # each block of keys is looked up in a worker thread while the next block is hashed
+        raws, found, pool, pending = self._raw, {}, None, []
+        block: list[bytes] = []
+        for n, (i, x) in enumerate(items.items(), 1):
             r = raw_digest(x)
             if r is not None:
-                self._raw[i] = (hashlib.sha256(alias_base + r[0]).digest(), r[1], x)
-        if self._raw:
-            found = self.cache.get_raw_records([a for a, _, _ in self._raw.values()])
-            records = self.rows.records
-            for i, (a, _, _) in self._raw.items():
-                rec = found.get(a)
-                if rec is not None:
-                    records[i] = rec[1:]  # decoded all at once by ``embed``
-        return [i for i in items if i not in self.rows]
+                a = hashlib.sha256(alias_base + r[0]).digest()
+                raws[i] = (a, r[1], x)
+                block.append(a)
+            if len(block) >= _OVERLAP and n < len(items):
+                if pool is None:
+                    pool = ThreadPoolExecutor(1, thread_name_prefix="hub-cache")
+                pending.append(pool.submit(self.cache.get_raw_records, block))
+                block = []
+        try:
+            found = self.cache.get_raw_records(block) if block else {}
+            for f in pending:
+                found.update(f.result())
+        finally:
+            if pool is not None:
+                pool.shutdown(wait=True, cancel_futures=True)
+        records = self.rows.records
+        for i, (a, _, _) in raws.items():
+            rec = found.get(a)
+            if rec is not None:
+                records[i] = rec[1:]  # decoded all at once by ``embed``
+        return [i for i in items if i not in records and i not in self.rows.done]
 
     def embed(self, prepared: Mapping[int, Any], run: Callable[[list[int]], TokenEmbeddings]) -> TokenEmbeddings:
         """Look ``prepared`` up, ``run`` the misses, store them; one batch in input order with the rows
