@@ -250,7 +250,8 @@ async def open_loop(url: str, bodies: list[dict], rate: float, desc: str) -> dic
             "other": len(results) - len(ok) - len(rejected), "accepted_p50_ms": pct(ok, 50),
             "accepted_p99_ms": pct(ok, 99), "reject_p50_ms": pct(rejected, 50), "reject_p99_ms": pct(rejected, 99),
             "accepted_items_per_s": len(ok) * PER_REQUEST / wall, "seconds": wall,
-            "live_probe_p50_ms": pct(probes, 50), "live_probe_p99_ms": pct(probes, 99)}
+            "live_probe_p50_ms": pct(probes, 50), "live_probe_p99_ms": pct(probes, 99),
+            "reject_ms": [round(1000 * t, 2) for t in rejected], "accepted_ms": [round(1000 * t, 2) for t in ok]}
 
 
 def text_bodies(n: int, seed: int) -> list[dict]:
@@ -411,11 +412,21 @@ def overload_ab(variants: dict[str, dict[str, Any]], rounds: int, quick: bool) -
         v = [x[key] for x in runs[n] if x[key] is not None]
         return float(np.median(v)) if v else None
 
-    summary = {n: {"reject_p99_ms": med(n, "reject_p99_ms"), "reject_p50_ms": med(n, "reject_p50_ms"),
+    def pooled(n: str, key: str, q: float) -> float | None:
+        v = [t for x in runs[n] for t in x[key]]
+        return float(np.percentile(v, q)) if v else None
+
+    summary = {n: {"pooled_reject_p50_ms": pooled(n, "reject_ms", 50), "pooled_reject_p99_ms": pooled(n, "reject_ms", 99),
+                   "rejected": sum(x["rejected_429"] for x in runs[n]), "pooled_accepted_p99_ms": pooled(n, "accepted_ms", 99),
+                   "reject_p99_ms": med(n, "reject_p99_ms"), "reject_p50_ms": med(n, "reject_p50_ms"),
                    "accepted_p99_ms": med(n, "accepted_p99_ms"), "live_probe_p99_ms": med(n, "live_probe_p99_ms"),
                    "x32_items_per_s": float(np.median([x["at_32_clients"]["items_per_s"] for x in runs[n]])),
                    "x32_p99_ms": float(np.median([x["at_32_clients"]["p99_ms"] for x in runs[n]]))} for n in runs}
-    print(f"\nmedian of {rounds} interleaved rounds:")
+    print(f"\nall {rounds} interleaved rounds pooled:")
+    for n, m in summary.items():
+        print(f"{n:24} 429 p50 {fmt(m['pooled_reject_p50_ms'])} p99 {fmt(m['pooled_reject_p99_ms'])} ms "
+              f"(n={m['rejected']}); accepted p99 {fmt(m['pooled_accepted_p99_ms'], '.0f')} ms")
+    print(f"median of {rounds} interleaved rounds:")
     for n, m in summary.items():
         print(f"{n:24} 429 p50 {fmt(m['reject_p50_ms'])} p99 {fmt(m['reject_p99_ms'])} ms; accepted p99 "
               f"{fmt(m['accepted_p99_ms'], '.0f')} ms vs {m['x32_p99_ms']:.0f} ms at 32 clients; /health/live p99 "
