@@ -52,6 +52,7 @@ _SCHEMA = (
 
 
 _MAX_PENDING = 100_000  # keys whose access time may wait for the next write
+_PENDING_SECONDS = 60.0  # ... and for how long
 _PENDING: "set[EmbeddingCache]" = set()  # stores with unwritten access times (held until written)
 
 
@@ -301,10 +302,11 @@ class EmbeddingCache:
         (in its transaction, before eviction), by :meth:`flush`, :meth:`close`, or at exit: a call whose
         items all hit makes no write of its own."""
         if keys:
-            self._pending.append((time.time(), keys))
+            now = time.time()
+            self._pending.append((now, keys))
             _PENDING.add(self)
-            if sum(len(k) for _, k in self._pending) >= _MAX_PENDING:
-                self._flush(conn)
+            if now - self._pending[0][0] > _PENDING_SECONDS or sum(len(k) for _, k in self._pending) >= _MAX_PENDING:
+                self._flush(conn)  # a long-lived reader (a server) writes them now and then
 
     def _write_touches(self, conn: sqlite3.Connection) -> None:  # in a write transaction
         pending, self._pending = self._pending, []
