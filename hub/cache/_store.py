@@ -298,9 +298,9 @@ class EmbeddingCache:
         return found, bad
 
     def _touch(self, conn: sqlite3.Connection, keys: list[bytes]) -> None:
-        """Note that ``keys`` were read now.  The access times are written with this store's next write
-        (in its transaction, before eviction), by :meth:`flush`, :meth:`close`, or at exit: a call whose
-        items all hit makes no write of its own."""
+        """Note that ``keys`` were read now.  The access times are written before this store evicts (in
+        that transaction), by :meth:`flush`, :meth:`close`, at exit, or at a read once a minute old: a
+        call makes no write of its own for them."""
         if keys:
             now = time.time()
             self._pending.append((now, keys))
@@ -411,7 +411,6 @@ class EmbeddingCache:
         now = time.time()
         added = 0
         with self._write(conn):
-            self._write_touches(conn)
             if pairs:
                 conn.executemany("INSERT OR REPLACE INTO raw_keys(raw, key, chk) VALUES (?, ?, ?)", pairs)
             for key, space, n, dim, checksum, mask, data in packed:
@@ -430,6 +429,7 @@ class EmbeddingCache:
         total = conn.execute("SELECT bytes FROM stats WHERE id = 0").fetchone()[0]
         if total <= self.max_bytes:
             return 0
+        self._write_touches(conn)  # this process's reads count before choosing what goes
         target = total - int(self.max_bytes * 0.9)
         ids, freed = [], 0
         for rid, size in conn.execute("SELECT id, size FROM entries ORDER BY accessed, id"):
