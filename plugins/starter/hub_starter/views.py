@@ -29,6 +29,7 @@ RECIPES: dict[str, list[tuple[str, float, dict[str, Any]]]] = {
         ("gain", 0.3, {}),
         ("time_shift", 0.3, {}),
         ("freq_mask", 0.3, {}),
+        ("time_mask", 0.3, {}),
     ],
     "graph": [
         ("node_drop", 0.5, {}),
