@@ -689,11 +689,16 @@ def test_served_items_come_from_the_embedding_cache(hub, tmp_path, data):
     store = tmp_path / "embeddings.sqlite"
     parts = lambda pngs: [{"type": "image_url", "image_url": {"url": "data:image/png;base64," + b64(p)}} for p in pngs]  # noqa: E731
     with running({"tb": text_enc, "clip": image_enc}, cache=str(store)) as s:
-        first = vectors(post(s, {"model": "tb", "input": texts}))
+        r1 = post(s, {"model": "tb", "input": texts, "return_tokens": True})
+        first = vectors(r1)
         assert _cache_counts(s, "tb") == {"miss": 3, "hit": 0, "raw_hit": 0}
         with broken(text_enc, "prepare", "forward"):
-            again = vectors(post(s, {"model": "tb", "input": [{"type": "text", "text": t} for t in reversed(texts)]}))
+            r2 = post(s, {"model": "tb", "input": [{"type": "text", "text": t} for t in reversed(texts)],
+                          "return_tokens": True})
+            again = vectors(r2)
         assert _cache_counts(s, "tb") == {"miss": 3, "hit": 0, "raw_hit": 3}
+        assert r2.json()["usage"] == r1.json()["usage"]  # token counts of cached items too
+        assert [d["tokens"] for d in r2.json()["data"]][::-1] == [d["tokens"] for d in r1.json()["data"]]
         image = vectors(post(s, {"model": "clip", "input": parts(data["images"][:1])}))
         with broken(image_enc, "forward"):
             same_pixels = vectors(post(s, {"model": "clip", "input": parts([other_png])}))
