@@ -299,6 +299,9 @@ def test_ray_mixed_and_directory_match_hub_embed(ray_session, mixed, tmp_path, h
                       hub=hub, progress=False, lance=False)
     _check_mixed(mixed, tmp_path / "out", s)
     assert s.details["devices"] == ["cpu"]
+    ph = s.details["phases"]  # start-up vs steady state, from the actors' own clocks
+    assert ph["actors"] == 1 and ph["actor_init_s"] > 0 and ph["steady_rows_per_s"] > 0
+    assert 0 < ph["actor_ready_s"] <= ph["first_batch_s"] + 0.1 <= ph["last_batch_end_s"] + 0.1 <= ph["total_s"] + 0.2
     # a directory of files, read with read_binary_files
     s = embed_dataset(mixed["root"] / "files", tmp_path / "dir", encoder=ROUTES[1:], engine="ray", workers=1,
                       batch_size=4, hub=hub, progress=False, lance=False)
@@ -307,6 +310,20 @@ def test_ray_mixed_and_directory_match_hub_embed(ray_session, mixed, tmp_path, h
     assert set(vecs) == set(names) and list(errs) == ["img/broken.png"] and s.complete
     for name, key in names.items():
         np.testing.assert_allclose(vecs[name], mixed["expected"][key], atol=1e-5)
+
+
+@pytest.mark.slow
+def test_ray_read_cuts_one_parquet_file_into_batches(ray_session, tmp_path):
+    """Ray 2.60 reads one Parquet file as one block (one task: one actor would do all the work);
+    the engine re-cuts it into batch-sized blocks."""
+    from hub.datasets._ray import _read
+    from hub.datasets._sources import open_source
+
+    pq.write_table(pa.table({"id": [f"r{i}" for i in range(40)], "text": ["x"] * 40}), tmp_path / "one.parquet")
+    src = open_source(tmp_path / "one.parquet", column="text", id_column="id", modality_column="modality",
+                      extensions=set())
+    ds, _ = _read(src, None, 0.1, 4, 8)
+    assert [b.num_rows for b in ds.iter_batches(batch_size=None, batch_format="pyarrow")] == [8] * 5
 
 
 @pytest.mark.slow
