@@ -396,3 +396,54 @@ def test_smiles_with_rdkit(gin):
     assert prepared.x.shape == (7, 16) and prepared.x[:, 7:].abs().sum() > 0  # atom features filled
     with pytest.raises(InvalidInputError, match="not a valid SMILES"):
         gin.prepare("C1CC(", 0)
+
+
+# -- GAT's scatter-free export (hub_graph._gat) ---------------------------------------------------------------
+def test_incoming_layout_lists_every_node_s_incoming_edges():
+    from hub_graph._gat import incoming_layout
+
+    # node 1 has a self-loop given (replaced by one), 0 -> 2 is repeated (kept twice), node 3 is isolated
+    edge_index = torch.tensor([[0, 1, 0, 0, 2, 1], [1, 1, 2, 2, 0, 2]])
+    lay = incoming_layout(edge_index, 4)
+    src, dst = lay["in_edges"]
+    assert torch.equal(dst, dst.sort().values)  # sorted by destination
+    assert sorted(zip(src.tolist(), dst.tolist())) == sorted([(0, 1), (0, 2), (0, 2), (2, 0), (1, 2)] + [(v, v) for v in range(4)])
+    assert lay["in_slots"].shape == lay["in_mask"].shape == (4, 4)  # node 2: 0, 0, 1 and itself
+    assert lay["in_mask"].sum(1).tolist() == [2, 2, 4, 1]
+    for node in range(4):  # every real slot points at an edge into that node, each edge once
+        slots = lay["in_slots"][node][lay["in_mask"][node]]
+        assert (dst[slots] == node).all()
+    assert sorted(lay["in_slots"][lay["in_mask"]].tolist()) == list(range(src.numel()))
+
+
+def test_scatter_free_gat_equals_pyg_and_only_gat_collates_the_layout():
+    from hub_graph._gat import gat_forward
+
+    h = Hub()
+    enc = h.encoder("gat", hidden_channels=64, heads=4, num_layers=3)
+    items = h.registry.modality("graph").examples(6, 5) + [featured(1), Data(x=torch.randn(3, 16), num_nodes=3)]
+    tensors = enc.preprocess(items)
+    with torch.inference_mode():
+        ref = enc.gnn(tensors["x"], tensors["edge_index"])  # PyG's GATv2Conv: what eager runs
+        got = gat_forward(enc.gnn, tensors["x"], tensors["in_edges"], tensors["in_slots"], tensors["in_mask"])
+    assert ref.abs().max() > 0.1 and float((got - ref).abs().max()) <= 1e-5
+    assert "in_edges" not in h.encoder("gin").preprocess(items[:2])  # other encoders' inputs are unchanged
+
+
+@pytest.mark.slow
+def test_gat_export_has_no_scatter_reductions(tmp_path):
+    import warnings
+
+    onnx = pytest.importorskip("onnx")
+    from hub.onnx import export
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        manifest = export("graph", tmp_path / "gat", encoder="gat", options={"num_layers": 3}, hub=Hub())
+    assert manifest.parity.passed and max(c.max_abs_diff for c in manifest.parity.cases) <= 1e-4
+    nodes = onnx.load(str(tmp_path / "gat" / "model.onnx")).graph.node
+    ops = {n.op_type for n in nodes}
+    assert "ScatterElements" not in ops and "CumSum" in ops  # neighbour sums: a prefix sum, not scatter-add
+    for n in nodes:  # the one ScatterND left places node rows in the dense token layout, without reduction
+        reduction = [a.s.decode() for a in n.attribute if a.name == "reduction"]
+        assert n.op_type != "ScatterND" or reduction in ([], ["none"])

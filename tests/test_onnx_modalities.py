@@ -35,7 +35,8 @@ PRESETS = [
 #: the dimensions that must stay dynamic in the graph, per collate input (index → what varies)
 DYNAMIC = {
     "audio": {"gather": (0, 1), "token_mask": (0, 1)},
-    "graph": {"x": (0,), "edge_index": (1,), "batch": (0,), "node_mask": (0, 1), "token_mask": (0, 1)},
+    "graph": {"x": (0,), "edge_index": (1,), "batch": (0,), "node_mask": (0, 1), "token_mask": (0, 1),
+              "in_edges": (1,), "in_slots": (0, 1), "in_mask": (0, 1)},  # gat's incoming-edge layout
     "3d": {"points": (0, 1), "point_mask": (0, 1)},
 }
 #: the audio model inputs' window (and sample) axes, per encoder family

@@ -25,6 +25,9 @@ per-graph ``topk`` over a padded score matrix (PyG's ``SelectTopK`` /
 cannot express), so it exports to ONNX with dynamic graphs, nodes and edges
 (``torch.onnx.export``, both the ``dynamo=True`` and TorchScript exporters).
 ``SelectTopK`` still holds the learned projection ``p`` (``select.weight``).
+For ``gat``, ``collate`` also returns the incoming-edge layout (``in_edges``, ``in_slots``,
+``in_mask``; :mod:`hub_graph._gat`): exported, the GATv2 layers run on it without scatter ops
+(ONNX Runtime's ``ScatterElements`` is slow on CPU); eager PyTorch keeps PyG's layers.
 
 Weights
 -------
@@ -52,6 +55,7 @@ from hub import Encoder, TokenEmbeddings
 from hub.errors import InvalidOptionsError, WeightsNotFoundError
 from hub.processor import Processor
 
+from ._gat import exporting, gat_forward, incoming_layout
 from ._items import ItemProblem, to_graph
 from ._meta import ACCEPTS, PRESETS, GraphOptions
 
@@ -193,8 +197,11 @@ class GraphProcessor(Processor):
         node_mask = torch.arange(int(nodes.max()))[None, :] < nodes[:, None]  # (graphs, max nodes)
         tokens = torch.tensor([self.num_tokens(p) for p in prepared])  # (graphs,)
         token_mask = torch.arange(int(tokens.max()))[None, :] < tokens[:, None]  # (graphs, tokens)
-        return {"x": batch.x, "edge_index": batch.edge_index, "batch": batch.batch,
-                "node_mask": node_mask, "token_mask": token_mask}
+        out = {"x": batch.x, "edge_index": batch.edge_index, "batch": batch.batch,
+               "node_mask": node_mask, "token_mask": token_mask}
+        if self.config.arch == "gat":  # the export's scatter-free attention reads it (hub_graph._gat)
+            out.update(incoming_layout(batch.edge_index, int(batch.num_nodes)))
+        return out
 
     def num_tokens(self, prepared: Data) -> int:
         return min(int(prepared.num_nodes), self.config.max_tokens) + int(self.config.graph_token)
@@ -286,10 +293,17 @@ class GraphEncoder(Encoder):
         batch: torch.Tensor,  # (nodes,) graph of each node
         node_mask: torch.Tensor,  # (graphs, max nodes): True on the first num_nodes slots
         token_mask: torch.Tensor,  # (graphs, tokens): True on each graph's num_tokens
+        in_edges: torch.Tensor | None = None,  # gat: (2, edges + nodes) sorted by destination, self-loops once
+        in_slots: torch.Tensor | None = None,  # gat: (nodes, max in-degree) positions in in_edges
+        in_mask: torch.Tensor | None = None,  # gat: (nodes, max in-degree) real slots
     ) -> TokenEmbeddings:
         layout = dense_layout(batch, node_mask)
-        extra = {"layout": layout} if isinstance(self.gnn, GPS) else {}
-        h = self.gnn(x, edge_index, batch=batch, **extra)  # (nodes, dim)
+        if self.config.arch == "gat" and in_edges is not None and exporting():
+            # exported: the same attention without scatter ops (hub_graph._gat); eager keeps PyG's layers
+            h = gat_forward(self.gnn, x, in_edges, in_slots, in_mask)  # (nodes, dim)
+        else:
+            extra = {"layout": layout} if isinstance(self.gnn, GPS) else {}
+            h = self.gnn(x, edge_index, batch=batch, **extra)  # (nodes, dim)
         slot_of_node = layout[1]  # scattered (not gathered) into the dense layout: every input is used
         dense = torch.zeros_like(node_mask, dtype=h.dtype).reshape(-1, 1).repeat(1, h.shape[-1])  # (graphs * width, dim)
         dense = dense.index_put((slot_of_node,), h).reshape(node_mask.shape + (h.shape[-1],))  # (graphs, width, dim)
