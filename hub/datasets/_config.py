@@ -7,6 +7,7 @@ resumed run must match it; package versions are recorded too but only reported.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import platform
@@ -132,6 +133,11 @@ def weights_hash(module: Any) -> str:
 
 def package_versions() -> dict[str, str]:
     """Versions of the packages that produce the vectors (recorded in DEST for information)."""
+    return dict(_package_versions())
+
+
+@functools.lru_cache(maxsize=1)
+def _package_versions() -> dict[str, str]:  # read once per process (importlib.metadata parses every METADATA file)
     from importlib.metadata import PackageNotFoundError, version
 
     out = {"python": platform.python_version()}

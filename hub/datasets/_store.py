@@ -135,7 +135,7 @@ def clean_temporaries(dest: Path) -> int:
 def iter_ids(dest: Path) -> Iterator[tuple[str, pa.Array]]:
     for space, directory in partitions(dest).items():
         for path in part_files(directory):
-            yield space, pq.read_table(path, columns=["id"]).column("id").combine_chunks()
+            yield space, pq.read_table(path, columns=["id"], use_threads=False).column("id").combine_chunks()
 
 
 def done_ids(dest: Path) -> pa.Array:
@@ -153,7 +153,7 @@ def verify(dest: Path) -> dict[str, Any]:
     all_ids = []
     for space, directory in partitions(dest).items():
         for path in part_files(directory):
-            t = pq.read_table(path, columns=["id", "error"])
+            t = pq.read_table(path, columns=["id", "error"], use_threads=False)
             rows[space] = rows.get(space, 0) + t.num_rows
             errors += t.num_rows - t.column("error").null_count
             all_ids.append(t.column("id").combine_chunks())
