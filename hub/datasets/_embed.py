@@ -108,6 +108,8 @@ class BatchEmbedder:
         return self.hub.detect(item)
 
     def _resolve(self, item: Any, mod: str, base: str | None) -> Any:
+        if isinstance(item, bytes):
+            return item
         if isinstance(item, memoryview):
             return bytes(item)
         if isinstance(item, Path):
@@ -128,11 +130,13 @@ class BatchEmbedder:
         groups: dict[str, list[int]] = {}
         items: list[Any] = [None] * n
         mods: list[str | None] = [None] * n
+        only = next(iter(self.config.routes)) if len(self.config.routes) == 1 else None  # (the common case)
         for i in range(n):
-            item = rows.items[i]
+            item, given = rows.items[i], rows.modalities[i]
             try:
                 empty = item is None or (isinstance(item, (str, bytes)) and not item)
-                mods[i] = mod = self._modality("" if item is None else item, rows.modalities[i])
+                mods[i] = mod = only if only is not None and given is None else \
+                    self._modality("" if item is None else item, given)
                 if mod not in self.config.routes:
                     raise HubError(f"no encoder for modality {mod!r} in this run (encoders: "
                                    + ", ".join(f"{m}={r.encoder}" for m, r in self.config.routes.items())

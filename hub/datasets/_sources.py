@@ -62,6 +62,16 @@ def as_id(value: Any, where: str) -> str:
     return value if isinstance(value, str) else str(value)
 
 
+def _ids(column: Any, values: list[Any], path: Path) -> list[str]:
+    """A batch's ids as strings (a string column without nulls as it is; others checked row by row)."""
+    import pyarrow as pa
+
+    if column.null_count == 0 and (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)):
+        return values
+    where = f"{path}: a row"
+    return [as_id(v, where) for v in values]
+
+
 class Source:
     """Common interface of the sources."""
 
@@ -156,10 +166,10 @@ class TableSource(Source):
                 continue
             for batch in self._arrow_batches(path, self.read_columns):
                 data = batch.to_pydict()
-                ids = data[self.id_column]
+                ids = _ids(batch.column(self.id_column), data[self.id_column], path)
                 n = len(ids)
                 yield Rows(
-                    [as_id(v, f"{path}: a row") for v in ids],
+                    ids,
                     data[self.column],
                     data[self.modality_column] if self.modality_column else [None] * n,
                     [base] * n,
@@ -171,7 +181,7 @@ class TableSource(Source):
             return
         for path in self.files:
             for batch in self._arrow_batches(path, [self.id_column]):
-                yield [as_id(v, f"{path}: a row") for v in batch.column(0).to_pylist()]
+                yield _ids(batch.column(0), batch.column(0).to_pylist(), path)
 
     def _arrow_batches(self, path: Path, columns: list[str]):
         if self.kind == "parquet":
