@@ -6,7 +6,10 @@
 Every path embeds the same ``--sentences`` varied sentences in batches of ``--batch`` (tokenization
 included) and returns one vector per sentence.  After one untimed warm-up pass each, the paths run
 ``--passes`` times INTERLEAVED (pass k runs every path once, the order rotated by k), and each row is
-the MEDIAN of its passes; ratios are medians over medians of the same run.
+the MEDIAN of its passes; ratios are medians over medians of the same run.  Beside wall time each pass's
+CPU seconds (the process's, all threads; the st-onnx worker's own) are recorded: on a loaded machine their
+ratios are the steadier ones (spin-waiting threads count, so they are not exact either); the targets are
+judged on wall time.
 
   st-torch          SentenceTransformer(dir).encode                                  (PyTorch)
   st-onnx           SentenceTransformer(dir, backend="onnx").encode                  (Optimum export + ORT)
@@ -114,8 +117,12 @@ def physical_cores() -> int:
         return os.cpu_count() or 1
 
 
-def interleaved(paths: dict[str, Callable[[], Any]], passes: int, progress: bool = True) -> dict[str, list[float]]:
-    """Wall seconds of each path over ``passes`` rounds; round k runs every path once, the order rotated by k."""
+def interleaved(paths: dict[str, Callable[[], Any]], passes: int, progress: bool = True,
+                cpu: dict[str, list[float]] | None = None) -> dict[str, list[float]]:
+    """Wall seconds of each path over ``passes`` rounds; round k runs every path once, the order rotated by k.
+
+    ``cpu`` (when given) collects each pass's CPU seconds of the process (all its threads): a path that
+    returns ``(wall, cpu)`` (the st-onnx worker) reports its own."""
     from tqdm.auto import tqdm
 
     names = list(paths)
@@ -123,9 +130,14 @@ def interleaved(paths: dict[str, Callable[[], Any]], passes: int, progress: bool
     with tqdm(total=passes * len(names), desc="interleaved passes", unit="run", disable=not progress) as bar:
         for k in range(passes):
             for name in names[k % len(names):] + names[: k % len(names)]:
-                start = time.perf_counter()
+                start, start_cpu = time.perf_counter(), time.process_time()
                 seconds = paths[name]()
-                times[name].append(seconds if isinstance(seconds, float) else time.perf_counter() - start)
+                wall, used = time.perf_counter() - start, time.process_time() - start_cpu
+                if isinstance(seconds, tuple):
+                    wall, used = seconds
+                times[name].append(wall)
+                if cpu is not None:
+                    cpu.setdefault(name, []).append(used)
                 bar.update()
     return times
 
@@ -159,8 +171,9 @@ class StOnnxWorker:
         self.proc.stdin.flush()
         return self._read()
 
-    def run(self) -> float:
-        return float(self._ask("run")["seconds"])
+    def run(self) -> tuple[float, float]:
+        done = self._ask("run")
+        return float(done["seconds"]), float(done["cpu"])
 
     def embeddings(self) -> np.ndarray:
         self._ask("dump")
@@ -193,9 +206,10 @@ def worker_main(tmp: Path) -> None:
     for line in sys.stdin:
         cmd = line.strip()
         if cmd == "run":
-            start = time.perf_counter()
+            start, start_cpu = time.perf_counter(), time.process_time()
             emb = model.encode(spec["texts"], batch_size=spec["batch"], convert_to_numpy=True, show_progress_bar=False)
-            print(json.dumps({"seconds": time.perf_counter() - start}), file=out, flush=True)
+            print(json.dumps({"seconds": time.perf_counter() - start, "cpu": time.process_time() - start_cpu}),
+                  file=out, flush=True)
         elif cmd == "dump":
             np.save(tmp / "st_out.npy", emb)
             print(json.dumps({"ok": True}), file=out, flush=True)
@@ -285,7 +299,8 @@ def main() -> None:
         manifests = {k.split("|")[0]: {"dtype": e.manifest.dtype, "pooled": e.manifest.pooled,
                                        "fused_ops": e.manifest.fused_ops, "quantization": e.manifest.quantization}
                      for k, e in h._onnx.items()}
-        times = interleaved(paths, args.passes)
+        cpu: dict[str, list[float]] = {}
+        times = interleaved(paths, args.passes, cpu=cpu)
         if worker is not None and "st-onnx" in paths:
             emb["st-onnx"] = worker.embeddings()
         if worker is not None:
@@ -293,12 +308,17 @@ def main() -> None:
     load_after = os.getloadavg()
 
     med = {k: statistics.median(v) for k, v in times.items()}
+    med_cpu = {k: statistics.median(v) for k, v in cpu.items()}
     rate = {k: args.sentences / s for k, s in med.items()}
     summary: dict[str, float | None] = {}
     for num in rate:
         for den in ("st-torch", "st-onnx"):
             if den in rate and num != den:
                 summary[f"{num}/{den}"] = rate[num] / rate[den]
+    for num in med_cpu:  # CPU seconds per pass: steadier than wall time on a loaded machine (includes spinning)
+        for den in ("st-torch", "st-onnx"):
+            if den in med_cpu and num != den:
+                summary[f"cpu {num}/{den}"] = med_cpu[den] / med_cpu[num]
     for name in emb:
         for ref in ("st-torch", "st-onnx", "hub-onnx-pooled"):
             if ref in emb and ref != name:
@@ -307,15 +327,18 @@ def main() -> None:
     print(f"\nall-MiniLM-L6-v2, {args.sentences} sentences, batch {args.batch}, CPU, {threads} torch threads, "
           f"median of {args.passes} interleaved passes; load average {load_before[0]:.2f} before, {load_after[0]:.2f} after")
     head = (f"{'path':<17} {'items/s':>9} {'median s':>9} {'spread':>7} {'vs st-torch':>11} {'vs st-onnx':>10} "
-            f"{'min cos vs st-torch':>19}")
+            f"{'min cos vs st-torch':>19} {'CPU s':>7} {'CPU vs st-torch':>15} {'CPU vs st-onnx':>14}")
     print(head + "\n" + "-" * len(head))
     for name in times:
         vs = [summary.get(f"{name}/{d}", 1.0 if d == name else None) for d in ("st-torch", "st-onnx")]
         cells = [f"{v:.2f}x" if v is not None else "-" for v in vs]
         spread = (max(times[name]) - min(times[name])) / med[name]
         cos = summary.get(f"cos {name}~st-torch", 1.0 if name == "st-torch" else None)
+        cpus = [summary.get(f"cpu {name}/{d}", 1.0 if d == name else None) for d in ("st-torch", "st-onnx")]
+        cpu_cells = [f"{v:.2f}x" if v is not None else "-" for v in cpus]
         print(f"{name:<17} {rate[name]:>9.1f} {med[name]:>9.3f} {spread:>6.0%} {cells[0]:>11} {cells[1]:>10} "
-              f"{'-' if cos is None else f'{cos:.6f}':>19}")
+              f"{'-' if cos is None else f'{cos:.6f}':>19} {med_cpu.get(name, float('nan')):>7.2f} {cpu_cells[0]:>15} "
+              f"{cpu_cells[1]:>14}")
     for name, why in errors.items():
         print(f"{name:<17} error: {why}")
     print("\nissue 15 targets (reported, not asserted):")
@@ -329,7 +352,8 @@ def main() -> None:
     meta = machine_info() | {"sentences": args.sentences, "batch": args.batch, "passes": args.passes,
                              "threads": threads, "weights": WEIGHTS, "command": " ".join(sys.argv),
                              "loadavg_before": load_before, "loadavg_after": load_after}
-    rows = [{"path": k, "items_per_s": rate[k], "median_s": med[k], "passes_s": times[k], **setup.get(k, {})}
+    rows = [{"path": k, "items_per_s": rate[k], "median_s": med[k], "passes_s": times[k], "cpu_s": cpu.get(k),
+             **setup.get(k, {})}
             for k in times]
     args.json.write_text(json.dumps({"meta": meta, "rows": rows, "errors": errors, "summary": summary,
                                      "exports": manifests}, indent=2, default=str))
