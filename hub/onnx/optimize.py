@@ -88,7 +88,11 @@ def split_skip_layer_norm(model: Any) -> int:
         if len(outs) > 3 and outs[3] is not None:
             outs[3].replace_all_uses_with(total, replace_graph_outputs=True)
         norm.outputs[0].shape, norm.outputs[0].dtype = outs[0].shape, outs[0].dtype
+        names = [(outs[0].name, norm.outputs[0])] + ([(outs[3].name, total)] if len(outs) > 3 and outs[3] is not None else [])
         model.graph.remove(node, safe=True)
+        for name, value in names:  # a graph output keeps its name (the manifest and OnnxEncoder use it)
+            if value.is_graph_output():
+                value.name = name
         count += 1
     return count
 
