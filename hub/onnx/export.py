@@ -339,9 +339,9 @@ def export(
     (tokens in the backbone's space).  ``pooled=True`` fuses the pooling: one vector
     per item.  ``dtype="fp16"`` exports a half-precision graph (float inputs float16,
     outputs float32); ``dtype="int8"`` quantizes the linear layers' weights (:mod:`hub.onnx.quantize`:
-    dynamic int8, the costliest layers on the modality's examples kept in float).  ``optimize=True``
+    dynamic int8, the costliest layers on the modality's examples as 8-bit blocks).  ``optimize=True``
     (the default) rewrites the graph with ONNX Runtime's fused kernels (:mod:`hub.onnx.optimize`:
-    Attention, SkipLayerNormalization, BiasGelu); the manifest's ``fused_ops`` counts them.  The parity check (ONNX Runtime CPU vs PyTorch fp32 on fresh
+    Attention, BiasGelu; SkipLayerNormalization split back into Add + LayerNormalization); the manifest's ``fused_ops`` counts them.  The parity check (ONNX Runtime CPU vs PyTorch fp32 on fresh
     ``Modality.examples`` at batch sizes 1, 2 and 7) must pass — max abs diff
     ≤ :data:`hub.onnx.parity.FP32_TOLERANCE` for fp32, cosine ≥ :data:`hub.onnx.parity.FP16_MIN_COSINE` for fp16,
     ≥ :data:`hub.onnx.parity.INT8_MIN_COSINE` for int8 — or
