@@ -598,3 +598,36 @@ def test_lookups_overlapping_hashing_in_blocks(hub, tmp_path, monkeypatch):
     con.close()
     with pytest.raises(CacheCorruptError, match="checksum"):
         hub.embed(texts, encoder="tiny-bert", cache=EmbeddingCache(store.path, on_corrupt="raise"))
+
+
+def test_assemble_copies_rows_into_a_zero_padded_batch():
+    """Stored records (float32 and float16, with and without masks, empty) and computed rows land in one
+    padded batch: real tokens exact, padding zero, masks right -- the path of every cached pass."""
+    import numpy as np
+
+    from hub.cache._embed import _Rows
+
+    g = torch.Generator().manual_seed(0)
+    rows, expect = _Rows(), {}
+    for i, (n, dtype, masked) in enumerate([(3, "float32", False), (5, "float16", True), (0, "float32", False),
+                                            (2, "float32", True)]):
+        t = torch.randn(n, 4, generator=g)
+        m = torch.tensor([True, False] * 3)[:n] if masked else None
+        data = t.numpy().astype(dtype).tobytes()
+        packed = np.packbits(m.numpy()).tobytes() if m is not None else None
+        rows.records[i] = (n, 4, dtype, packed, data)
+        expect[i] = (t.half().float() if dtype == "float16" else t, m)
+    rows[4] = expect[4] = (torch.randn(4, 4, generator=g), torch.tensor([True, True, False, True]))
+    rows[5] = expect[5] = (torch.randn(1, 4, generator=g), None)
+    order = [5, 2, 0, 4, 1, 3]
+    tokens, mask = rows.assemble(order)
+    assert tokens.shape == (6, 5, 4) and mask.shape == (6, 5) and tokens.dtype == torch.float32
+    for r, i in enumerate(order):
+        t, m = expect[i]
+        n = t.shape[0]
+        assert torch.equal(tokens[r, :n], t) and not tokens[r, n:].any()
+        assert torch.equal(mask[r, :n], m if m is not None else torch.ones(n, dtype=torch.bool))
+        assert not mask[r, n:].any()
+    with pytest.raises(CacheError, match="widths"):
+        rows.records[9] = (1, 3, "float32", None, bytes(12))
+        rows.assemble([0, 9])
