@@ -205,21 +205,25 @@ async def closed_loop(url: str, bodies: list[dict], clients: int, desc: str) -> 
                     errors[r.status_code] = errors.get(r.status_code, 0) + 1
                 bar.update()
 
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         await asyncio.gather(*(worker() for _ in range(clients)))
-        wall = time.perf_counter() - start
+        wall, cpu = time.perf_counter() - start, time.process_time() - cpu
     bar.close()
     ok = len(bodies) - sum(errors.values())
     return {"clients": clients, "requests": len(bodies), "items_per_s": ok * PER_REQUEST / wall,
             "p50_ms": 1000 * float(np.percentile(lat, 50)), "p99_ms": 1000 * float(np.percentile(lat, 99)),
-            "errors": errors, "seconds": wall}
+            "mean_ms": 1000 * float(np.mean(lat)), "errors": errors, "seconds": wall, "client_cpu_s": cpu}
 
 
 async def open_loop(url: str, bodies: list[dict], rate: float, desc: str) -> dict[str, Any]:
     """Requests start at ``rate`` per second whatever the answers (bounded: one task per body).
 
-    A probe also asks ``GET /health/live`` every 50 ms meanwhile: how long the server's event loop takes
-    to answer a request that needs no work (what a 429 costs at least)."""
+    A probe also asks ``GET /health/live`` every 200 ms meanwhile: how long the server's event loop takes
+    to answer a request that needs no work (what a 429 costs at least).  (Every 50 ms, it sent nearly as
+    many requests as were refused, and each costs the load generator ~1.8 ms and the server ~0.5 ms of CPU
+    on the same 2 cores: load the 32-client baseline does not carry.)
+
+    Also the CPU seconds the load generator spent (``client_cpu_s``)."""
     # the load generator holds the in-process baseline's model: its own full collections (~200 ms) would
     # stall the clients and count against the server, so objects alive now are not scanned again
     gc.collect()
@@ -240,11 +244,11 @@ async def open_loop(url: str, bodies: list[dict], rate: float, desc: str) -> dic
                 t = time.perf_counter()
                 await prober.get("/health/live")
                 probes.append(time.perf_counter() - t)
-                await asyncio.sleep(0.05)
+                await asyncio.sleep(0.2)
 
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         await asyncio.gather(probe(start + len(bodies) / rate), *(one(b, start + i / rate) for i, b in enumerate(bodies)))
-        wall = time.perf_counter() - start
+        wall, cpu = time.perf_counter() - start, time.process_time() - cpu
     ok = [t for s, t in results if s == 200]
     rejected = [t for s, t in results if s == 429]
 
@@ -254,7 +258,7 @@ async def open_loop(url: str, bodies: list[dict], rate: float, desc: str) -> dic
     return {"offered_req_per_s": rate, "requests": len(bodies), "accepted": len(ok), "rejected_429": len(rejected),
             "other": len(results) - len(ok) - len(rejected), "accepted_p50_ms": pct(ok, 50),
             "accepted_p99_ms": pct(ok, 99), "reject_p50_ms": pct(rejected, 50), "reject_p99_ms": pct(rejected, 99),
-            "accepted_items_per_s": len(ok) * PER_REQUEST / wall, "seconds": wall,
+            "accepted_items_per_s": len(ok) * PER_REQUEST / wall, "seconds": wall, "client_cpu_s": cpu,
             "live_probe_p50_ms": pct(probes, 50), "live_probe_p99_ms": pct(probes, 99),
             "reject_ms": [round(1000 * t, 2) for t in rejected], "accepted_ms": [round(1000 * t, 2) for t in ok]}
 
@@ -385,6 +389,41 @@ def overload(rate_32: float, quick: bool, before: dict[str, Any] | None = None) 
     return result
 
 
+def server_stats(server: Proc) -> dict[str, float]:
+    """CPU seconds of the server's event loop thread and of its other threads, and sums from its metrics."""
+    pid, hz = server.proc.pid, os.sysconf("SC_CLK_TCK")
+    out = {"loop_cpu_s": 0.0, "other_cpu_s": 0.0}
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            f = Path(f"/proc/{pid}/task/{tid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        out["loop_cpu_s" if int(tid) == pid else "other_cpu_s"] += (int(f[11]) + int(f[12])) / hz
+    for line in httpx.get(server.url + "/metrics", timeout=30).text.splitlines():
+        name = line.split("{", 1)[0]
+        if name in ("mhub_queue_wait_seconds_sum", "mhub_queue_wait_seconds_count", "mhub_request_batch_seconds_sum",
+                    "mhub_request_batch_seconds_count", "mhub_batch_size_sum", "mhub_batch_size_count",
+                    "mhub_batch_duration_seconds_sum"):
+            out[name] = out.get(name, 0.0) + float(line.rsplit(" ", 1)[1])
+    return out
+
+
+def phase_stats(before: dict[str, float], after: dict[str, float], seconds: float) -> dict[str, float]:
+    """What the server did during a phase: cores used by its event loop and other threads, items embedded per
+    second, mean batch, mean queue wait and mean batch time per request (ms)."""
+    d = {k: after[k] - before.get(k, 0.0) for k in after}
+
+    def ratio(a: str, b: str, scale: float = 1.0) -> float | None:
+        return scale * d[a] / d[b] if d.get(b) else None
+
+    return {"server_loop_cores": d["loop_cpu_s"] / seconds, "server_other_cores": d["other_cpu_s"] / seconds,
+            "server_items_per_s": d.get("mhub_batch_size_sum", 0.0) / seconds,
+            "mean_batch": ratio("mhub_batch_size_sum", "mhub_batch_size_count"),
+            "batch_ms_per_item": ratio("mhub_batch_duration_seconds_sum", "mhub_batch_size_sum", 1000),
+            "queue_wait_ms": ratio("mhub_queue_wait_seconds_sum", "mhub_queue_wait_seconds_count", 1000),
+            "request_batch_ms": ratio("mhub_request_batch_seconds_sum", "mhub_request_batch_seconds_count", 1000)}
+
+
 def overload_ab(variants: dict[str, dict[str, Any]], rounds: int, quick: bool) -> dict[str, Any]:
     """Each variant's server (``--max-queue-items 256``) under 2x overload, ``rounds`` times, interleaved: per
     round and server, its 32-client rate is measured, then open-loop arrivals at twice that rate."""
@@ -395,10 +434,14 @@ def overload_ab(variants: dict[str, dict[str, Any]], rounds: int, quick: bool) -
             asyncio.run(closed_loop(server.url, text_bodies(8, 98), 4, f"{n} warm-up"))
         for r in range(rounds):
             for n, server in servers.items():
+                s0 = server_stats(server)
                 row = asyncio.run(closed_loop(server.url, text_bodies(64 if quick else 128, 32 + r), 32, f"{n} x32"))
+                s1 = server_stats(server)
+                row["server"] = phase_stats(s0, s1, row["seconds"])
                 rate = 2 * row["items_per_s"] / PER_REQUEST
                 o = asyncio.run(open_loop(server.url, text_bodies(max(60, int(rate * (4 if quick else 8))), 1000 + r),
                                           rate, f"{n} 2x"))
+                o["server"] = phase_stats(s1, server_stats(server), o["seconds"])
                 o["at_32_clients"] = row
                 o["load_avg"] = os.getloadavg()[0]
                 runs[n].append(o)
@@ -426,7 +469,20 @@ def overload_ab(variants: dict[str, dict[str, Any]], rounds: int, quick: bool) -
                    "reject_p99_ms": med(n, "reject_p99_ms"), "reject_p50_ms": med(n, "reject_p50_ms"),
                    "accepted_p99_ms": med(n, "accepted_p99_ms"), "live_probe_p99_ms": med(n, "live_probe_p99_ms"),
                    "x32_items_per_s": float(np.median([x["at_32_clients"]["items_per_s"] for x in runs[n]])),
-                   "x32_p99_ms": float(np.median([x["at_32_clients"]["p99_ms"] for x in runs[n]]))} for n in runs}
+                   "x32_p99_ms": float(np.median([x["at_32_clients"]["p99_ms"] for x in runs[n]])),
+                   "accepted_p99_over_x32_p99": float(np.median([x["accepted_p99_ms"] / x["at_32_clients"]["p99_ms"]
+                                                                 for x in runs[n] if x["accepted_p99_ms"]]))} for n in runs}
+    print("\nper round, 32 clients -> 2x overload: server items/s, mean batch, batch ms per item, queue wait and "
+          "batch time per request (ms, means), cores used by the server's event loop / other threads / the load generator")
+
+    def side(x: dict[str, Any]) -> str:
+        v = x["server"]
+        return (f"{v['server_items_per_s']:.0f}/s, b{fmt(v['mean_batch'], '.0f')}, {fmt(v['batch_ms_per_item'])} ms/it, "
+                f"wait {fmt(v['queue_wait_ms'], '.0f')} + {fmt(v['request_batch_ms'], '.0f')}, cores "
+                f"{v['server_loop_cores']:.2f}/{v['server_other_cores']:.2f}/{x['client_cpu_s'] / x['seconds']:.2f}")
+    for n, xs in runs.items():
+        for x in xs:
+            print(f"{n:24} {side(x['at_32_clients'])}  ->  {side(x)}")
     print(f"\nall {rounds} interleaved rounds pooled:")
     for n, m in summary.items():
         print(f"{n:24} 429 p50 {fmt(m['pooled_reject_p50_ms'])} p99 {fmt(m['pooled_reject_p99_ms'])} ms "
@@ -435,7 +491,8 @@ def overload_ab(variants: dict[str, dict[str, Any]], rounds: int, quick: bool) -
     for n, m in summary.items():
         print(f"{n:24} 429 p50 {fmt(m['reject_p50_ms'])} p99 {fmt(m['reject_p99_ms'])} ms; accepted p99 "
               f"{fmt(m['accepted_p99_ms'], '.0f')} ms vs {m['x32_p99_ms']:.0f} ms at 32 clients; /health/live p99 "
-              f"{fmt(m['live_probe_p99_ms'])} ms; 32 clients {m['x32_items_per_s']:.1f} items/s")
+              f"{fmt(m['live_probe_p99_ms'])} ms; 32 clients {m['x32_items_per_s']:.1f} items/s; accepted p99 / 32-client "
+              f"p99 per round, median {m['accepted_p99_over_x32_p99']:.2f}")
     return {"variants": variants, "runs": runs, "median": summary}
 
 

@@ -459,6 +459,7 @@ def test_queue_full_429_with_retry_after(encoders, data):
             r = post(s, {"model": "m", "input": "one more"})
             assert r.status_code == 429 and r.json()["error"]["code"] == "queue_full"
             assert 1 <= int(r.headers["Retry-After"]) <= 60
+            assert 50 <= int(r.headers["retry-after-ms"]) <= 60_000  # read first by OpenAI's clients
             # full: refused by the gate before the body is read, so even a body that is not JSON gets the 429
             r = httpx.post(f"{s.url}/v1/embeddings", content=b"{not json", timeout=30)
             assert r.status_code == 429 and "Retry-After" in r.headers
@@ -469,6 +470,31 @@ def test_queue_full_429_with_retry_after(encoders, data):
         metrics = httpx.get(f"{s.url}/metrics").text
         assert 'mhub_rejections_total{reason="queue_full"} 2.0' in metrics
         assert 'mhub_request_duration_seconds_count{modality="text",status="429"} 2.0' in metrics
+
+
+def test_overload_limit_follows_the_measured_rate():
+    """While refusing, the queue admits what the current rate embeds in the time a full queue took before."""
+    from hub.serve.batcher import Batcher
+    from hub.serve.metrics import Metrics
+
+    b = Batcher("m", object(), ServeConfig(max_queue_items=100), Metrics())
+    off = Batcher("m", object(), ServeConfig(max_queue_items=100, overload_wait=False), Metrics())
+    try:
+        for x in (b, off):
+            x._rate = 20.0
+            assert x.limit() == 100  # no refusal yet: the item bound
+            err = x.full_error(8)  # an overload begins: the rate before it is kept
+            assert err.status == 429 and err.headers["retry-after-ms"] == "400"  # (0 + 8 items) / 20 per s
+            assert err.headers["Retry-After"] == "1"
+            x._rate = 15.0  # batches slowed down by a quarter
+        assert b.limit() == 75 and off.limit() == 100
+        b._rate = 30.0
+        assert b.limit() == 100  # never above max_queue_items
+        b._rate, b._refused_at = 15.0, b._refused_at - 5  # no refusal for longer than overload_window_s
+        assert b.limit() == 100
+    finally:
+        for x in (b, off):
+            x._executor.shutdown()
 
 
 def test_queue_refusal_when_a_request_does_not_fit(encoders):

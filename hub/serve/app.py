@@ -83,8 +83,7 @@ class ServerCore:
         more item (the gate answers it at once; a request that may fit is parsed and :meth:`Batcher.admit` ted)."""
         if method != "POST" or path not in EMBEDDING_PATHS or not self.batchers:
             return None
-        limit = self.cfg.max_queue_items
-        if any(b.backlog < limit for b in self.batchers.values()):
+        if any(b.backlog < b.limit() for b in self.batchers.values()):
             return None
         return min(self.batchers.values(), key=lambda b: b.backlog).full_error(1)
 

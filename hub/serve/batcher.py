@@ -88,6 +88,8 @@ class _Job:
     future: asyncio.Future
     results: list[ItemResult | None] = field(default_factory=list)
     remaining: int = 0
+    submitted: float = 0.0  # time.perf_counter() when queued
+    started: float = 0.0  # when its first batch started (0: not yet)
 
 
 class Batcher:
@@ -111,6 +113,8 @@ class Batcher:
         self.last_beat = time.monotonic()
         self.warm = False
         self._rate = 0.0  # items/s, exponential moving average over batches
+        self._ref_rate = 0.0  # _rate when the current overload began (its first refusal)
+        self._refused_at = -math.inf  # time.monotonic() of the last refusal
         self.max_cost = config.max_batch_cost or (16384 if on_gpu else 2048)
         self.cache = None
         if config.cache:  # items already embedded (by this server, Hub.embed or embed-dataset) never run again
@@ -156,29 +160,51 @@ class Batcher:
         return now - self.last_beat < self.cfg.heartbeat_timeout_s
 
     # -- submitting ----------------------------------------------------------------------------
-    def retry_after(self, extra: int = 0) -> int:
-        """Seconds until the queue has likely drained enough for ``extra`` more items (1..60)."""
+    def retry_after_s(self, extra: int = 0) -> float:
+        """Estimated seconds until what is admitted now (and ``extra`` more items) is embedded (0.05..60)."""
         rate = self._rate if self._rate > 0 else 1.0
-        return int(min(60, max(1, math.ceil((self.backlog + extra) / rate))))
+        return min(60.0, max(0.05, (self.backlog + extra) / rate))
+
+    def retry_after(self, extra: int = 0) -> int:
+        """:meth:`retry_after_s` in whole seconds (1..60), as HTTP's ``Retry-After`` takes them."""
+        return int(min(60, max(1, math.ceil(self.retry_after_s(extra)))))
 
     @property
     def backlog(self) -> int:
         """Admitted items not yet embedded: being prepared, queued, or in batches not finished."""
         return self.queued_items + self.reserved_items + self.taken_items
 
+    def limit(self) -> int:
+        """Items admitted at most now: ``max_queue_items``; while requests are being refused (overload, see
+        ``ServeConfig.overload_wait``), fewer when batches run slower than before the overload, so that the wait
+        of an admitted request stays what a full queue meant then (``max_queue_items / rate before``)."""
+        cap = self.cfg.max_queue_items
+        if not self.cfg.overload_wait or time.monotonic() - self._refused_at > self.cfg.overload_window_s:
+            return cap
+        if self._ref_rate <= 0 or self._rate <= 0 or self._rate >= self._ref_rate:
+            return cap
+        return max(1, int(cap * self._rate / self._ref_rate))
+
     def full_error(self, n: int) -> ApiError:
-        """The 429 for a request of ``n`` items that does not fit."""
-        return ApiError(429, f"model {self.name!r} is at capacity ({self.backlog} items "
-                        f"queued or being prepared, limit {self.cfg.max_queue_items}); retry later",
-                        reason="queue_full", code="queue_full", headers={"Retry-After": str(self.retry_after(n))})
+        """The 429 for a request of ``n`` items that does not fit (``Retry-After``, and ``retry-after-ms``,
+        which OpenAI's clients read first: the estimated time for the backlog to be embedded)."""
+        now = time.monotonic()
+        if now - self._refused_at > self.cfg.overload_window_s:  # an overload starts: keep the rate measured before
+            self._ref_rate = self._rate
+        self._refused_at = now
+        wait = self.retry_after_s(n)
+        return ApiError(429, f"model {self.name!r} is at capacity ({self.backlog} items queued or being prepared, "
+                        f"limit {self.limit()} now, {self.cfg.max_queue_items} at most); retry in {wait:.1f} s",
+                        reason="queue_full", code="queue_full",
+                        headers={"Retry-After": str(self.retry_after(n)), "retry-after-ms": str(int(1000 * wait))})
 
     def admit(self, n: int) -> None:
         """Reserve room for a request's ``n`` items before they are prepared, or refuse it with 429.
 
-        Items being prepared count against ``max_queue_items`` too, so under overload the work a
-        server has accepted stays bounded and refusals are answered at once, before any decoding.
+        Items being prepared count against the limit too, so under overload the work a server has
+        accepted stays bounded and refusals are answered at once, before any decoding.
         """
-        if self.backlog + n > self.cfg.max_queue_items:
+        if self.backlog + n > self.limit():
             raise self.full_error(n)
         self.reserved_items += n
 
@@ -190,7 +216,8 @@ class Batcher:
         """Queue one admitted request's prepared items (its reservation becomes queued items)."""
         n = len(prepared)
         self.reserved_items -= n
-        job = _Job(prepared, lengths, want_tokens, asyncio.get_running_loop().create_future(), [None] * n, n)
+        job = _Job(prepared, lengths, want_tokens, asyncio.get_running_loop().create_future(), [None] * n, n,
+                   time.perf_counter())
         self._jobs.append(job)
         self.queued_items += n
         self.metrics.queue_depth.labels(self.name).set(self.queued_items)
@@ -252,6 +279,11 @@ class Batcher:
 
     async def _execute(self, batch: list[tuple[_Job, int]]) -> None:
         loop = asyncio.get_running_loop()
+        now = time.perf_counter()
+        for job, _ in batch:
+            if not job.started:
+                job.started = now
+                self.metrics.queue_wait.labels(self.name).observe(now - job.submitted)
         try:
             out = await loop.run_in_executor(self._executor, self._run, batch)
         except Exception as exc:  # noqa: BLE001 - isolate: rerun each request's items alone
@@ -373,6 +405,7 @@ class Batcher:
             job.remaining -= 1
             if job.remaining == 0 and not job.future.done():
                 job.future.set_result(job.results)
+                self.metrics.batch_span.labels(self.name).observe(time.perf_counter() - job.started)
 
     def _fail(self, job: _Job, exc: Exception) -> None:
         # drop the rest of a failed request that is still queued

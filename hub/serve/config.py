@@ -36,6 +36,12 @@ class ServeConfig(BaseModel):
     max_wait_ms: float = Field(5.0, ge=0, description="how long a batch waits for more items once it has one")
     max_queue_items: int = Field(4096, ge=1, description="items admitted per encoder and not yet embedded (being prepared, "
                                  "queued, or in batches not finished); above it requests get 429")
+    overload_wait: bool = Field(True, description="while requests are being refused (a refusal within "
+                                "overload_window_s), admit only what batches, at the rate measured now, embed in the "
+                                "time a full queue took before the overload: when refusals or other load slow the "
+                                "batches down, admitted requests keep their latency (fewer are admitted); off: the "
+                                "item bound alone")
+    overload_window_s: float = Field(1.0, gt=0, description="how long after a refusal the server counts as overloaded")
     batching: bool = Field(True, description="False: every batch holds one request's items (for comparison)")
     cache: str | None = Field(None, description="embedding cache file (hub.cache): items already embedded are not run "
                                                 "again; None: off")

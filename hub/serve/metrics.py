@@ -13,7 +13,7 @@ _COSTS = (16, 64, 256, 1024, 2048, 4096, 8192, 16384, 32768, 65536)
 
 class Metrics:
     """``mhub_*`` metrics: request latency by modality and status, queue depth, batch sizes and cost,
-    batch run time, rejections by reason, items embedded and in-flight requests."""
+    batch run time, queue wait and batch time per request, rejections by reason, items embedded and in-flight requests."""
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
@@ -26,6 +26,10 @@ class Metrics:
                                     ["model"], buckets=_COSTS, registry=r)
         self.batch_seconds = Histogram("mhub_batch_duration_seconds", "Time to run one batch (collate + forward)",
                                        ["model"], buckets=_LATENCY, registry=r)
+        self.queue_wait = Histogram("mhub_queue_wait_seconds", "From a request's items entering the queue to its first "
+                                    "batch starting", ["model"], buckets=_LATENCY, registry=r)
+        self.batch_span = Histogram("mhub_request_batch_seconds", "From a request's first batch starting to its last "
+                                    "item embedded", ["model"], buckets=_LATENCY, registry=r)
         self.rejections = Counter("mhub_rejections_total", "Requests refused, by reason", ["reason"], registry=r)
         self.cache_items = Counter("mhub_cache_items_total", "With --cache: items served by their raw form (raw_hit, "
                                    "no prepare), by their prepared form (hit) or run through the model (miss)",
