@@ -400,34 +400,51 @@ def test_smiles_with_rdkit(gin):
 
 # -- GAT's scatter-free export (hub_graph._gat) ---------------------------------------------------------------
 def test_incoming_layout_lists_every_node_s_incoming_edges():
-    from hub_graph._gat import incoming_layout
+    from hub_graph._gat import BUCKETS, incoming_layout
 
     # node 1 has a self-loop given (replaced by one), 0 -> 2 is repeated (kept twice), node 3 is isolated
     edge_index = torch.tensor([[0, 1, 0, 0, 2, 1], [1, 1, 2, 2, 0, 2]])
     lay = incoming_layout(edge_index, 4)
-    src, dst = lay["in_edges"]
-    assert torch.equal(dst, dst.sort().values)  # sorted by destination
-    assert sorted(zip(src.tolist(), dst.tolist())) == sorted([(0, 1), (0, 2), (0, 2), (2, 0), (1, 2)] + [(v, v) for v in range(4)])
-    assert lay["in_slots"].shape == lay["in_mask"].shape == (4, 4)  # node 2: 0, 0, 1 and itself
-    assert lay["in_mask"].sum(1).tolist() == [2, 2, 4, 1]
-    for node in range(4):  # every real slot points at an edge into that node, each edge once
-        slots = lay["in_slots"][node][lay["in_mask"][node]]
-        assert (dst[slots] == node).all()
-    assert sorted(lay["in_slots"][lay["in_mask"]].tolist()) == list(range(src.numel()))
+    tables = [lay[f"gat_bucket{b}"] for b in range(BUCKETS)]
+    stacked = torch.cat([t.reshape(t.shape[0], -1)[:, :1] for t in tables])[:, 0]  # each row's node (column 0)
+    assert torch.equal(stacked[lay["gat_order"]], torch.arange(4))  # gat_order finds every node's row
+    want = {0: [0, 2], 1: [1, 0], 2: [2, 0, 0, 1], 3: [3]}  # self-loop first, then sources (repeats kept)
+    for node, sources in want.items():
+        pos, b = int(lay["gat_order"][node]), 0
+        while pos >= tables[b].shape[0]:
+            pos, b = pos - tables[b].shape[0], b + 1
+        row = tables[b][pos]
+        assert row[0] == node and sorted(row[row >= 0].tolist()) == sorted(sources)
+    assert all(t.shape[0] >= 2 and t.shape[1] >= 2 for t in tables)  # never 0 or 1: sizes stay dynamic in the export
+
+
+def test_bucket_cuts_pad_the_least():
+    from hub_graph._gat import bucket_cuts
+
+    assert bucket_cuts(np.array([2, 2, 2, 9]), 2) == [3, 4]  # the hub alone: 3 * 2 + 9 padded slots
+    assert bucket_cuts(np.array([3, 3, 3]), 4) == [3]  # one degree, one bucket
+    degrees = np.sort(np.random.default_rng(0).integers(2, 40, 500))
+    cuts = bucket_cuts(degrees, 4)
+    assert len(cuts) <= 4 and cuts[-1] == degrees.size and cuts == sorted(cuts)
+    cost = sum((e - s) * degrees[e - 1] for s, e in zip([0] + cuts[:-1], cuts))
+    assert cost < 1.2 * degrees.sum() < degrees.size * degrees.max()  # well below one padding to the largest
 
 
 def test_scatter_free_gat_equals_pyg_and_only_gat_collates_the_layout():
-    from hub_graph._gat import gat_forward
+    from hub_graph._gat import LAYOUT_KEYS, gat_forward
 
     h = Hub()
     enc = h.encoder("gat", hidden_channels=64, heads=4, num_layers=3)
-    items = h.registry.modality("graph").examples(6, 5) + [featured(1), Data(x=torch.randn(3, 16), num_nodes=3)]
+    hub_node = Data(x=torch.randn(40, 16), edge_index=torch.tensor([[i for i in range(1, 40)], [0] * 39]), num_nodes=40)
+    items = h.registry.modality("graph").examples(6, 5) + [featured(1), Data(x=torch.randn(3, 16), num_nodes=3), hub_node]
     tensors = enc.preprocess(items)
     with torch.inference_mode():
         ref = enc.gnn(tensors["x"], tensors["edge_index"])  # PyG's GATv2Conv: what eager runs
-        got = gat_forward(enc.gnn, tensors["x"], tensors["in_edges"], tensors["in_slots"], tensors["in_mask"])
+        got = gat_forward(enc.gnn, tensors["x"], tensors["gat_order"], [tensors[k] for k in LAYOUT_KEYS[1:]])
+        again = gat_forward(enc.gnn, tensors["x"], tensors["gat_order"], [tensors[k] for k in LAYOUT_KEYS[1:]])
     assert ref.abs().max() > 0.1 and float((got - ref).abs().max()) <= 1e-5
-    assert "in_edges" not in h.encoder("gin").preprocess(items[:2])  # other encoders' inputs are unchanged
+    assert torch.equal(got, again)  # deterministic
+    assert "gat_order" not in h.encoder("gin").preprocess(items[:2])  # other encoders' inputs are unchanged
 
 
 @pytest.mark.slow
@@ -443,7 +460,10 @@ def test_gat_export_has_no_scatter_reductions(tmp_path):
     assert manifest.parity.passed and max(c.max_abs_diff for c in manifest.parity.cases) <= 1e-4
     nodes = onnx.load(str(tmp_path / "gat" / "model.onnx")).graph.node
     ops = {n.op_type for n in nodes}
-    assert "ScatterElements" not in ops and "CumSum" in ops  # neighbour sums: a prefix sum, not scatter-add
+    assert "ScatterElements" not in ops and "ReduceSum" in ops  # neighbour sums: padded buckets, not scatter-add
+    shapes = {i.name: [d.dim_param or d.dim_value for d in i.type.tensor_type.shape.dim]
+              for i in onnx.load(str(tmp_path / "gat" / "model.onnx")).graph.input}
+    assert all(isinstance(d, str) for k, v in shapes.items() if k.startswith("gat_bucket") for d in v)  # dynamic
     for n in nodes:  # the one ScatterND left places node rows in the dense token layout, without reduction
         reduction = [a.s.decode() for a in n.attribute if a.name == "reduction"]
         assert n.op_type != "ScatterND" or reduction in ([], ["none"])

@@ -36,7 +36,7 @@ PRESETS = [
 DYNAMIC = {
     "audio": {"gather": (0, 1), "token_mask": (0, 1)},
     "graph": {"x": (0,), "edge_index": (1,), "batch": (0,), "node_mask": (0, 1), "token_mask": (0, 1),
-              "in_edges": (1,), "in_slots": (0, 1), "in_mask": (0, 1)},  # gat's incoming-edge layout
+              "gat_order": (0,), "gat_bucket0": (0, 1), "gat_bucket3": (0, 1)},  # gat's bucketed layout
     "3d": {"points": (0, 1), "point_mask": (0, 1)},
 }
 #: the audio model inputs' window (and sample) axes, per encoder family

@@ -373,6 +373,8 @@ def export(
     names = list(probes[0][1])  # the collate's own key order
     graph_names = graph_input_names(names)  # input_<key> for a key that is also an output name (mask, tokens, pooled)
     dims = _dynamic_dims(names, probes)
+    for key, axes in getattr(enc.item_processor, "dynamic_dims", {}).items():  # own, dynamic even where probes agree
+        dims.setdefault(key, {}).update({k: f"{key}_axis{k}" for k in axes})
     trace = _trace_probe(probes, dims)
 
     reference = _Graph(enc, names, src.projector, pooled, src.pooling).eval()

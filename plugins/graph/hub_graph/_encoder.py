@@ -25,8 +25,8 @@ per-graph ``topk`` over a padded score matrix (PyG's ``SelectTopK`` /
 cannot express), so it exports to ONNX with dynamic graphs, nodes and edges
 (``torch.onnx.export``, both the ``dynamo=True`` and TorchScript exporters).
 ``SelectTopK`` still holds the learned projection ``p`` (``select.weight``).
-For ``gat``, ``collate`` also returns the incoming-edge layout (``in_edges``, ``in_slots``,
-``in_mask``; :mod:`hub_graph._gat`): exported, the GATv2 layers run on it without scatter ops
+For ``gat``, ``collate`` also returns a degree-bucketed incoming-edge layout (``gat_order``,
+``gat_bucket0..3``; :mod:`hub_graph._gat`): exported, the GATv2 layers run on it without scatter ops
 (ONNX Runtime's ``ScatterElements`` is slow on CPU); eager PyTorch keeps PyG's layers.
 
 Weights
@@ -55,7 +55,7 @@ from hub import Encoder, TokenEmbeddings
 from hub.errors import InvalidOptionsError, WeightsNotFoundError
 from hub.processor import Processor
 
-from ._gat import exporting, gat_forward, incoming_layout
+from ._gat import LAYOUT_KEYS, exporting, gat_forward, incoming_layout
 from ._items import ItemProblem, to_graph
 from ._meta import ACCEPTS, PRESETS, GraphOptions
 
@@ -191,6 +191,11 @@ class GraphProcessor(Processor):
         except ItemProblem as p:
             raise self.invalid(index, item, p.problem, p.accepted) from None
 
+    @property
+    def dynamic_dims(self) -> dict[str, tuple[int, ...]]:
+        """Collate dimensions the ONNX export keeps dynamic even where its probe batches agree (gat's buckets)."""
+        return {k: (0, 1) for k in LAYOUT_KEYS[1:]} if self.config.arch == "gat" else {}
+
     def collate(self, prepared: Sequence[Data]) -> dict[str, torch.Tensor]:
         batch = Batch.from_data_list(list(prepared))
         nodes = torch.tensor([int(p.num_nodes) for p in prepared])  # (graphs,)
@@ -293,19 +298,17 @@ class GraphEncoder(Encoder):
         batch: torch.Tensor,  # (nodes,) graph of each node
         node_mask: torch.Tensor,  # (graphs, max nodes): True on the first num_nodes slots
         token_mask: torch.Tensor,  # (graphs, tokens): True on each graph's num_tokens
-        in_edges: torch.Tensor | None = None,  # gat: (2, edges + nodes) sorted by destination, self-loops once
-        in_slots: torch.Tensor | None = None,  # gat: (nodes, max in-degree) positions in in_edges
-        in_mask: torch.Tensor | None = None,  # gat: (nodes, max in-degree) real slots
+        **gat_layout: torch.Tensor,  # gat: gat_order (nodes,), gat_bucket0.. (bucket nodes, width) (hub_graph._gat)
     ) -> TokenEmbeddings:
         layout = dense_layout(batch, node_mask)
-        if self.config.arch == "gat" and in_edges is not None and exporting():
+        if self.config.arch == "gat" and gat_layout and exporting():
             # exported: the same attention without scatter ops (hub_graph._gat); eager keeps PyG's layers
-            h = gat_forward(self.gnn, x, in_edges, in_slots, in_mask)  # (nodes, dim)
+            h = gat_forward(self.gnn, x, gat_layout["gat_order"], [gat_layout[k] for k in LAYOUT_KEYS[1:]])  # (nodes, dim)
         else:
             extra = {"layout": layout} if isinstance(self.gnn, GPS) else {}
             h = self.gnn(x, edge_index, batch=batch, **extra)  # (nodes, dim)
         slot_of_node = layout[1]  # scattered (not gathered) into the dense layout: every input is used
-        dense = torch.zeros_like(node_mask, dtype=h.dtype).reshape(-1, 1).repeat(1, h.shape[-1])  # (graphs * width, dim)
+        dense = h.new_zeros(node_mask.shape[0] * node_mask.shape[1], h.shape[-1])  # (graphs * width, dim)
         dense = dense.index_put((slot_of_node,), h).reshape(node_mask.shape + (h.shape[-1],))  # (graphs, width, dim)
         # TopKPooling's score s = h·p / |p|, ranked before tanh: a saturated tanh (1.0 for many
         # nodes) would leave the choice to the sort's tie-breaking, which batching changes
