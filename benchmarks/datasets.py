@@ -20,7 +20,12 @@ always run first (or last) would carry the drift.  The plain loop and the
 local engine also record the CPU seconds this process spent per item (less
 sensitive to other processes than wall time), and every run the load average.
 For Ray, the summary's ``phases`` split start-up (actor processes, imports,
-model loading) from the steady embedding rate.
+model loading) from the steady embedding rate.  After each Ray run, and outside
+every timing, the benchmark waits until Ray's processes are idle: the actors'
+and workers' teardown goes on for about 4 s after ``embed_dataset`` returns
+(0.7-0.9 CPU s per second, measured) and would otherwise slow whichever mode
+runs next.  ``--image-repeats`` gives the image workload its own (larger) number
+of rounds: each round takes seconds, and its ratio is the most sensitive to noise.
 
 Items/s and the ratios local/plain and ray/plain are printed and written to
 ``benchmarks/results/datasets.json``.  The local engine's peak RSS is measured in
@@ -138,6 +143,45 @@ def rss_child(n: int, workdir: Path, batch_size: int, encoder: str) -> dict:
             "items_per_s": round(s.rows_written / s.details["embed_seconds"], 1), "complete": s.complete}
 
 
+def _ray_cpu_seconds() -> float | None:
+    """CPU seconds used so far by this machine's Ray processes (workers, raylet, GCS), from /proc; None elsewhere."""
+    if not os.path.isdir("/proc"):
+        return None
+    total, tick = 0.0, os.sysconf("SC_CLK_TCK")
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as fh:
+                cmd = fh.read(300)
+            if b"ray::" not in cmd and b"raylet" not in cmd and b"gcs_server" not in cmd and b"default_worker" not in cmd:
+                continue
+            with open(f"/proc/{pid}/stat") as fh:
+                fields = fh.read().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / tick
+        except (OSError, ValueError, IndexError):
+            continue
+    return total
+
+
+def settle_ray(limit_s: float = 20.0) -> float:
+    """After a Ray run: wait until Ray's processes are idle (under 0.1 CPU over half a second), so that the
+    teardown of the actors and workers (measured: 0.7-0.9 CPU s per second for about 4 s after the run
+    returns) does not run inside the next mode's timing. Returns the seconds waited."""
+    start = time.perf_counter()
+    prev = _ray_cpu_seconds()
+    if prev is None:
+        time.sleep(5.0)
+        return 5.0
+    while time.perf_counter() - start < limit_s:
+        time.sleep(0.5)
+        now = _ray_cpu_seconds() or 0.0
+        if now - prev < 0.05:
+            break
+        prev = now
+    return time.perf_counter() - start
+
+
 def median(xs: list[float]) -> float:
     import statistics
 
@@ -165,9 +209,12 @@ def run_mode(mode: str, h, args, modality: str, encoder: str, column: str, items
             rec["cpus_per_actor"] = s.details.get("cpus_per_actor")
             rec["phases"] = s.details.get("phases", {})
         shutil.rmtree(out, ignore_errors=True)
+    load1 = os.getloadavg()[0]
+    if mode == "ray":  # outside the timing: Ray's teardown must not count against the next mode
+        rec["settle_s"] = round(settle_ray(), 1)
     if mode != "ray":  # the work runs in this process (Ray's runs in its actors)
         rec["cpu_s_per_1k_items"] = round(1000 * (time.process_time() - cpu0) / len(items), 3)
-    rec["load_avg"] = [round(load0, 2), round(os.getloadavg()[0], 2)]
+    rec["load_avg"] = [round(load0, 2), round(load1, 2)]
     return rec
 
 
@@ -186,6 +233,7 @@ def main() -> None:
     ap.add_argument("--rss-encoder", default="tiny-bert",
                     help="text encoder of the RSS runs (the engine's memory, not the model's speed, is measured)")
     ap.add_argument("--repeats", type=int, default=3, help="interleaved rounds (order rotated); medians are reported")
+    ap.add_argument("--image-repeats", type=int, default=0, help="rounds of the image workload (default: --repeats)")
     ap.add_argument("--torch-threads", type=int, default=0,
                     help="PyTorch intra-op threads of this process (plain loop, local engine, RSS runs); 0: PyTorch's "
                          "default. On a shared machine 1 avoids waits for descheduled OpenMP threads (Ray actors "
@@ -236,7 +284,9 @@ def main() -> None:
             h.embed(items[:64], modality=modality, encoder=encoder, runtime=args.runtime)  # load and warm up
             row: dict = {"workload": f"{len(items)} {modality} ({encoder}, {args.runtime})", "items": len(items),
                          "runs": []}
-            for rep in range(args.repeats):  # interleaved, order rotated, medians: the machine may be shared
+            repeats = args.image_repeats if modality == "image" and args.image_repeats else args.repeats
+            row["repeats"] = repeats
+            for rep in range(repeats):  # interleaved, order rotated, medians: the machine may be shared
                 order = modes[rep % len(modes):] + modes[: rep % len(modes)]
                 for mode in order:
                     rec = run_mode(mode, h, args, modality, encoder, column, items, path, work / f"{modality}-{mode}")
@@ -285,8 +335,8 @@ def main() -> None:
     def cell(r: dict, key: str, fmt: str) -> str:
         return format(r[key], fmt) if key in r else "-"
 
-    print(f"\nmedians of {args.repeats} interleaved rounds; load average {results['machine']['load_avg_at_start'][0]:.2f} "
-          f"at start, {os.getloadavg()[0]:.2f} at end")
+    print(f"\nmedians of interleaved rounds (texts {args.repeats}, images {args.image_repeats or args.repeats}); "
+          f"load average {results['machine']['load_avg_at_start'][0]:.2f} at start, {os.getloadavg()[0]:.2f} at end")
     print(f"{'workload':<34} {'plain/s':>9} {'local/s':>9} {'local/plain':>11} {'ray/s':>9} {'ray/plain':>9} "
           f"{'ray start-up s':>14} {'ray steady/s':>12} {'steady/plain':>12}")
     for r in results["workloads"]:

@@ -302,6 +302,8 @@ def test_ray_mixed_and_directory_match_hub_embed(ray_session, mixed, tmp_path, h
     ph = s.details["phases"]  # start-up vs steady state, from the actors' own clocks
     assert ph["actors"] == 1 and ph["actor_init_s"] > 0 and ph["steady_rows_per_s"] > 0
     assert 0 < ph["actor_ready_s"] <= ph["first_batch_s"] + 0.1 <= ph["last_batch_end_s"] + 0.1 <= ph["total_s"] + 0.2
+    # the worker process starts (maybe before the run: a pooled worker), then imports, then the constructor runs
+    assert ph["actor_process_s"] <= ph["actor_imported_s"] + 0.1 <= ph["actor_born_s"] + 0.2 <= ph["actor_ready_s"] + 0.3
     # a directory of files, read with read_binary_files
     s = embed_dataset(mixed["root"] / "files", tmp_path / "dir", encoder=ROUTES[1:], engine="ray", workers=1,
                       batch_size=4, hub=hub, progress=False, lance=False)

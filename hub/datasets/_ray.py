@@ -40,6 +40,11 @@ from ._sources import FileSource, Rows, Source, TableSource, as_id
 
 __all__ = ["run_ray", "RayEmbedder", "actor_resources"]
 
+_IMPORTED = time.time()  # in an actor: when unpickling the class had imported the hub (and torch)
+#: per-batch wall-clock times an actor reports: its process started, this module imported (torch, the hub,
+#: Ray Data), its constructor started and ended (the encoders' code and weights), the batch began and ended
+_TIMES = ("spawned", "imported", "born", "ready", "began", "ended")
+
 #: CPUs requested by each read task (reading is I/O; the actors hold the compute).
 READ_CPUS = 0.1
 #: retries of a batch whose actor died (on the restarted actor); then its rows run one by one
@@ -81,6 +86,7 @@ class RayEmbedder:
                  plugins: list[str] | None = None, installed: list[str] | None = None,
                  poison: str | None = None) -> None:
         self.born = time.time()  # wall clock (the driver compares it with its own: start-up time)
+        self.spawned = _process_start()
         self.key = uuid.uuid4().hex
         if plugins and ENV_PLUGINS not in os.environ:  # load only the plugins this run needs (faster start)
             os.environ[ENV_PLUGINS] = ",".join(plugins)
@@ -168,8 +174,20 @@ class RayEmbedder:
         if len(rows):
             written, errors = write_tables(self.dest, self.embedder.embed(rows), self.fault)
         return pa.table({"rows": [written], "errors": [errors], "skipped": [skipped], "device": [self.device],
-                         "actor": [self.key], "born": [self.born], "ready": [self.ready], "began": [began],
-                         "ended": [time.time()]})
+                         "actor": [self.key], "spawned": [self.spawned], "imported": [_IMPORTED], "born": [self.born],
+                         "ready": [self.ready], "began": [began], "ended": [time.time()]})
+
+
+def _process_start() -> float:
+    """When this process started (wall clock), from /proc; else now."""
+    try:
+        with open("/proc/self/stat") as fh:
+            ticks = int(fh.read().rsplit(")", 1)[1].split()[19])
+        with open("/proc/stat") as fh:
+            boot = next(int(x.split()[1]) for x in fh if x.startswith("btime"))
+        return boot + ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, StopIteration):
+        return time.time()
 
 
 def _read(source: Source, skip: pa.Array | None, read_cpus: float, blocks: int, rows_per_block: int):
@@ -284,8 +302,9 @@ def _phases(timing: list[pa.Table], wall0: float, wall1: float) -> dict[str, Any
         return {}
     t = pa.concat_tables(timing).to_pydict()
     actors: dict[str, dict[str, float]] = {}
-    for a, n, born, ready, began, ended in zip(*(t[c] for c in ("actor", "rows", "born", "ready", "began", "ended"))):
-        x = actors.setdefault(a, {"born": born, "ready": ready, "busy": 0.0, "rows": 0, "last": ended})
+    for a, n, spawned, imported, born, ready, began, ended in zip(*(t[c] for c in ("actor", "rows", *_TIMES))):
+        x = actors.setdefault(a, {"spawned": spawned, "imported": imported, "born": born, "ready": ready,
+                                  "busy": 0.0, "rows": 0, "last": ended})
         x["busy"] += ended - began
         x["rows"] += n
         x["last"] = max(x["last"], ended)
@@ -294,6 +313,8 @@ def _phases(timing: list[pa.Table], wall0: float, wall1: float) -> dict[str, Any
     per_actor = [x["rows"] / x["busy"] for x in actors.values() if x["busy"] > 0]
     return {"phases": {
         "actors": len(actors),
+        "actor_process_s": round(min(x["spawned"] for x in actors.values()) - wall0, 2),
+        "actor_imported_s": round(min(x["imported"] for x in actors.values()) - wall0, 2),
         "actor_born_s": round(min(x["born"] for x in actors.values()) - wall0, 2),
         "actor_ready_s": round(max(x["ready"] for x in actors.values()) - wall0, 2),
         "actor_init_s": round(max(x["ready"] - x["born"] for x in actors.values()), 2),
@@ -363,7 +384,7 @@ def run_ray(source: Source, dest: Path, config: RunConfig, *, batch_size: int, m
             with tqdm(total=total, unit="row", desc=f"embed-dataset (ray, {workers} actors)", disable=not progress,
                       smoothing=0.1) as bar:
                 for b in out.iter_batches(batch_size=None, batch_format="pyarrow"):
-                    timing.append(b.select(["actor", "rows", "born", "ready", "began", "ended"]))
+                    timing.append(b.select(["actor", "rows", *_TIMES]))
                     for r, e, s, d in zip(*(b.column(c).to_pylist() for c in ("rows", "errors", "skipped", "device"))):
                         written, errors = written + r, errors + e
                         devices.add(d)
