@@ -418,6 +418,16 @@ def test_incoming_layout_lists_every_node_s_incoming_edges():
     assert all(t.shape[0] >= 2 and t.shape[1] >= 2 for t in tables)  # never 0 or 1: sizes stay dynamic in the export
 
 
+def test_structural_clustering_is_networkx_s():
+    # the clustering column comes from nx.triangles (counted once): the same values as nx.clustering
+    for seed, (n, p) in enumerate([(30, 0.3), (12, 1.0), (40, 0.05), (4, 0.0)]):
+        g = nx.gnp_random_graph(n, p, seed=seed)
+        edge_index = torch.tensor(list(g.edges()) + [(0, 0)]).t().long()  # a self-loop, dropped
+        want = nx.clustering(g)
+        got = structural_features(edge_index, n)[:, 3]
+        assert torch.equal(got, torch.tensor([float(want[i]) for i in range(n)]).float())
+
+
 def test_bucket_cuts_pad_the_least():
     from hub_graph._gat import bucket_cuts
 

@@ -274,13 +274,17 @@ def structural_features(edge_index: torch.Tensor, num_nodes: int) -> torch.Tenso
     g.add_edges_from(edge_index.t().tolist())
     g.remove_edges_from(list(nx.selfloop_edges(g)))
     degree = np.array([d for _, d in g.degree()], dtype=np.float64)
-    clustering, triangles = nx.clustering(g), nx.triangles(g)
+    triangles = nx.triangles(g)
     core, neighbour = nx.core_number(g), nx.average_neighbor_degree(g)
+    # nx.clustering's own formula on the same counts (it would count the triangles a second time):
+    # 2T / (d (d - 1)), 0 without triangles; the same float divisions, so the same values
+    clustering = [2 * triangles[i] / (d * (d - 1)) if triangles[i] else 0.0
+                  for i, d in ((i, int(degree[i])) for i in range(num_nodes))]
     cols = [
         np.ones(num_nodes),
         np.log1p(degree),
         degree / max(1.0, degree.max(initial=0.0)),
-        np.array([clustering[i] for i in range(num_nodes)], dtype=np.float64),
+        np.array(clustering, dtype=np.float64),
         np.log1p([triangles[i] for i in range(num_nodes)]),
         np.log1p([core[i] for i in range(num_nodes)]),
         np.log1p([neighbour[i] for i in range(num_nodes)]),
