@@ -272,6 +272,28 @@ def test_baseline_features_and_normalisers():
     assert np.abs(a - b).mean() < 12 and a.max() > 200
 
 
+def test_audio_views_apply_every_recipe_step():
+    """Every step of the audio recipe is a registered augmentation whose params it accepts; views are seeded."""
+    from hub import Hub
+    from hub.augment import augment
+    from hub_starter.views import RECIPES, augmented_pairs
+
+    registry = Hub().registry
+    t = np.arange(8000) / 16000.0
+    wave = 0.3 * np.sin(2 * np.pi * 440 * t) + 0.05 * np.random.default_rng(0).standard_normal(len(t))
+    clip = {"array": wave.astype(np.float32), "sampling_rate": 16000}  # a tone in broadband noise: any band mask shows
+    rng = np.random.default_rng(0)
+    for name, _, params in RECIPES["audio"]:
+        out = augment(registry, clip, name, "audio", rng=rng, **params)
+        assert out["sampling_rate"] == 16000 and np.isfinite(out["array"]).all() and len(out["array"]) > 0
+    band = next(p for n, _, p in RECIPES["audio"] if n == "freq_mask")
+    masked = augment(registry, clip, "freq_mask", "audio", rng=np.random.default_rng(1), **band)
+    assert not np.allclose(masked["array"], clip["array"])
+    a = augmented_pairs(registry, "audio", [(clip, "x")], 2, seed=3)
+    b = augmented_pairs(registry, "audio", [(clip, "x")], 2, seed=3)
+    assert len(a) == 3 and all(np.array_equal(x[0]["array"], y[0]["array"]) for x, y in zip(a[1:], b[1:]))
+
+
 def test_zero_shot_counts_hits(tiny_pack, monkeypatch):
     """With embeddings that are the prompts themselves, every held-out item is classified right."""
     data = tiny_pack.data["graph"]

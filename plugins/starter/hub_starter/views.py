@@ -28,7 +28,8 @@ RECIPES: dict[str, list[tuple[str, float, dict[str, Any]]]] = {
         ("noise", 0.3, {}),
         ("gain", 0.3, {}),
         ("time_shift", 0.3, {}),
-        ("freq_mask", 0.3, {}),
+        # wider, more frequent band masks (chosen on seeds 2 and 3: shifted top-1 0.902 -> 0.910, 0.900 -> 0.915)
+        ("freq_mask", 0.5, {"max_fraction": 0.2, "num_masks": 2}),
         ("time_mask", 0.3, {}),
     ],
     "graph": [
