@@ -479,6 +479,7 @@ def test_overload_limit_follows_the_measured_rate():
 
     b = Batcher("m", object(), ServeConfig(max_queue_items=100), Metrics())
     off = Batcher("m", object(), ServeConfig(max_queue_items=100, overload_wait=False), Metrics())
+    tight = Batcher("m", object(), ServeConfig(max_queue_items=100, overload_target=0.6), Metrics())
     try:
         for x in (b, off):
             x._rate = 20.0
@@ -492,8 +493,14 @@ def test_overload_limit_follows_the_measured_rate():
         assert b.limit() == 100  # never above max_queue_items
         b._rate, b._refused_at = 15.0, b._refused_at - 5  # no refusal for longer than overload_window_s
         assert b.limit() == 100
+        tight._rate = 20.0
+        assert tight.limit() == 100  # the target applies only while refusing
+        tight.full_error(8)
+        assert tight.limit() == 60  # same rate as before: 0.6 of the queue
+        tight._rate = 10.0
+        assert tight.limit() == 30  # half the rate: half of that
     finally:
-        for x in (b, off):
+        for x in (b, off, tight):
             x._executor.shutdown()
 
 

@@ -181,9 +181,8 @@ class Batcher:
         cap = self.cfg.max_queue_items
         if not self.cfg.overload_wait or time.monotonic() - self._refused_at > self.cfg.overload_window_s:
             return cap
-        if self._ref_rate <= 0 or self._rate <= 0 or self._rate >= self._ref_rate:
-            return cap
-        return max(1, int(cap * self._rate / self._ref_rate))
+        slower = min(1.0, self._rate / self._ref_rate) if self._ref_rate > 0 and self._rate > 0 else 1.0
+        return max(1, int(cap * slower * self.cfg.overload_target))
 
     def full_error(self, n: int) -> ApiError:
         """The 429 for a request of ``n`` items that does not fit (``Retry-After``, and ``retry-after-ms``,
