@@ -13,6 +13,8 @@ from __future__ import annotations
 import glob as globlib
 import json
 import os
+import queue
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
@@ -159,21 +161,23 @@ class TableSource(Source):
 
     # -- reading ---------------------------------------------------------------
     def iter_rows(self) -> Iterator[Rows]:
-        for path in self.files:
-            base = str(path.parent.resolve())
-            if self.kind == "jsonl":
-                yield from self._jsonl(path, base)
-                continue
-            for batch in self._arrow_batches(path, self.read_columns):
-                data = batch.to_pydict()
-                ids = _ids(batch.column(self.id_column), data[self.id_column], path)
-                n = len(ids)
-                yield Rows(
-                    ids,
-                    data[self.column],
-                    data[self.modality_column] if self.modality_column else [None] * n,
-                    [base] * n,
-                )
+        if self.kind == "jsonl":
+            for path in self.files:
+                yield from self._jsonl(path, str(path.parent.resolve()))
+            return
+        # Arrow decodes the next batch in a background thread (it releases the GIL) while the model runs on
+        # this one: decoding was 3.6% of the main thread's samples on 20,000 small images (py-spy), most of it
+        # page faults on fresh buffers. The conversion to Python objects stays here (it holds the GIL).
+        for path, base, batch in prefetched(self._all_arrow_batches(self.read_columns)):
+            data = batch.to_pydict()
+            ids = _ids(batch.column(self.id_column), data[self.id_column], path)
+            n = len(ids)
+            yield Rows(
+                ids,
+                data[self.column],
+                data[self.modality_column] if self.modality_column else [None] * n,
+                [base] * n,
+            )
 
     def iter_ids(self) -> Iterator[list[str]]:
         if self.kind == "jsonl":
@@ -183,11 +187,18 @@ class TableSource(Source):
             for batch in self._arrow_batches(path, [self.id_column]):
                 yield _ids(batch.column(0), batch.column(0).to_pylist(), path)
 
+    def _all_arrow_batches(self, columns: list[str]) -> Iterator[tuple[Path, str, Any]]:
+        for path in self.files:
+            base = str(path.parent.resolve())
+            for batch in self._arrow_batches(path, columns):
+                yield path, base, batch
+
     def _arrow_batches(self, path: Path, columns: list[str]):
         if self.kind == "parquet":
             import pyarrow.parquet as pq
 
-            with pq.ParquetFile(path) as pf:
+            # memory-mapped: pages are decoded from the page cache instead of being copied into fresh buffers
+            with pq.ParquetFile(path, memory_map=True) as pf:
                 missing = [c for c in columns if c not in pf.schema_arrow.names]
                 if missing:
                     raise InvalidInputError(f"{path}: no column {missing[0]!r}; its columns are {pf.schema_arrow.names}")
@@ -247,6 +258,52 @@ class FileSource(Source):
         for s in range(0, len(self.files), _READ_ROWS):
             chunk = self.files[s : s + _READ_ROWS]
             yield Rows([self.id_of(p) for p in chunk], list(chunk), [None] * len(chunk), [None] * len(chunk))
+
+
+_END = object()
+
+
+def prefetched(iterator: Iterator[Any], depth: int = 1) -> Iterator[Any]:
+    """``iterator``'s items, produced up to ``depth`` ahead by a background thread (its exceptions are raised
+    here, in order); closing this generator early stops the thread."""
+    box: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def put(entry: tuple[Any, BaseException | None]) -> bool:
+        while not stop.is_set():
+            try:
+                box.put(entry, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def work() -> None:
+        try:
+            for x in iterator:
+                if not put((x, None)):
+                    return
+            put((_END, None))
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer
+            put((_END, exc))
+        finally:
+            close = getattr(iterator, "close", None)
+            if close is not None:
+                close()
+
+    thread = threading.Thread(target=work, name="embed-dataset-read", daemon=True)
+    thread.start()
+    try:
+        while True:
+            x, exc = box.get()
+            if x is _END:
+                if exc is not None:
+                    raise exc
+                return
+            yield x
+    finally:
+        stop.set()
+        thread.join()
 
 
 def _glob_root(pattern: str) -> Path:
