@@ -388,6 +388,78 @@ def rss_drift(n: int) -> dict[str, Any]:
             "drift": (after - before) / before, "errors": row["errors"], "seconds": row["seconds"]}
 
 
+_STUB_BODY = b'{"error": {"message": "at capacity", "type": "rate_limit_error", "code": "queue_full"}}'
+_STUB_429 = (b"HTTP/1.1 429 Too Many Requests\r\ncontent-type: application/json\r\nretry-after: 1\r\n"
+             b"content-length: %d\r\n\r\n%s" % (len(_STUB_BODY), _STUB_BODY))
+
+
+def _stub_server(port: int) -> None:
+    """A minimal HTTP/1.1 server answering every request with a fixed 429 (keep-alive): load-generator cost only."""
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                size = next((int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                             if line.lower().startswith(b"content-length:")), 0)
+                if size:
+                    await reader.readexactly(size)
+                writer.write(_STUB_429)
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            writer.close()
+
+    async def run() -> None:
+        server = await asyncio.start_server(handle, HOST, port)
+        await server.serve_forever()
+
+    asyncio.run(run())
+
+
+def client_cost(quick: bool) -> dict[str, Any]:
+    """The load generator's CPU per request (httpx), by requests in flight, from one shared client or from one
+    client per 8 in flight, against a stub server in another process (so only the client is measured)."""
+    import multiprocessing as mp
+
+    port = free_port()
+    stub = mp.get_context("spawn").Process(target=_stub_server, args=(port,), daemon=True)
+    stub.start()
+    url, n = f"http://{HOST}:{port}", 200 if quick else 800
+    bodies = text_bodies(n, 7)
+
+    async def measure(in_flight: int, shared: bool) -> float:
+        pool = clients_for(url, max(1, in_flight // 8), 8, shared)
+        try:
+            async def one(i: int, body: dict) -> None:
+                await pool[i % len(pool)].post("/embeddings", json=body)
+
+            for k in range(0, 2 * in_flight, in_flight):  # connections opened before the clock starts
+                await asyncio.gather(*(one(i, b) for i, b in enumerate(bodies[k:k + in_flight], k)))
+            cpu = time.process_time()
+            for k in range(0, n, in_flight):
+                await asyncio.gather(*(one(i, b) for i, b in enumerate(bodies[k:k + in_flight], k)))
+            return 1000 * (time.process_time() - cpu) / n
+        finally:
+            for c in pool:
+                await c.aclose()
+
+    rows = []
+    try:
+        for _ in range(60):  # wait for the stub to listen
+            try:
+                socket.create_connection((HOST, port), timeout=1).close()
+                break
+            except OSError:
+                time.sleep(0.1)
+        for in_flight in (1, 8, 32, 64):
+            for shared in ((True,) if in_flight <= 8 else (True, False)):
+                ms = float(np.median([asyncio.run(measure(in_flight, shared)) for _ in range(3)]))
+                rows.append({"in_flight": in_flight, "clients": 1 if shared else in_flight // 8, "cpu_ms_per_request": ms})
+                print(f"{in_flight:4d} in flight, {rows[-1]['clients']:2d} httpx client(s): {ms:6.2f} ms of CPU per request")
+    finally:
+        stub.terminate()
+    return {"requests_per_measure": n, "rows": rows}
+
+
 def server_latency(url: str, status: str) -> dict[str, int]:
     """The server's own ``mhub_request_duration_seconds`` histogram for ``status``: cumulative count by bucket."""
     text = httpx.get(url + "/metrics", timeout=30).text
@@ -565,6 +637,8 @@ def main() -> None:
                     help='only the 2x overload check, on servers with these ServeConfig settings, interleaved, e.g. '
                          '\'{"before": {"batch_nice": 0, "no_precheck": true}, "now": {}}\' (serve_overload_ab.json)')
     ap.add_argument("--rounds", type=int, default=3, help="with --overload-ab: interleaved rounds")
+    ap.add_argument("--client-cost", action="store_true", help="only the load generator's CPU per request by requests "
+                    "in flight, one shared httpx client vs one per 8 (against a stub server; serve_client_cost.json)")
     ap.add_argument("--rss-only", action="store_true", help="only the RSS drift check (JSON: serve_rss.json beside --json)")
     ap.add_argument("--json", type=Path, default=Path("benchmarks/results/serve.json"))
     # -- chat (issue 13): benchmarks/serve_chat.py --
@@ -588,6 +662,11 @@ def main() -> None:
               f", {s['seconds']:.0f} s")
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.with_name("serve_rss.json").write_text(json.dumps(s, indent=2))
+        return
+    if args.client_cost:
+        c = {"load_avg_at_start": os.getloadavg(), **client_cost(args.quick)}
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.with_name("serve_client_cost.json").write_text(json.dumps(c, indent=2))
         return
     if args.overload_ab:
         out = {"load_avg_at_start": os.getloadavg(), **overload_ab(json.loads(args.overload_ab), args.rounds, args.quick)}
