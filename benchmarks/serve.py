@@ -3,7 +3,9 @@
     python benchmarks/serve.py [--quick] [--rss-requests N] [--infinity-python PATH] [--json benchmarks/results/serve.json]
     python benchmarks/serve.py --chat [--quick] [--chat-threads N]     (chat: benchmarks/serve_chat.py)
 
-A bounded async load generator (httpx): 127.0.0.1 only, fixed request counts, stops by itself.
+A bounded async load generator (httpx; one client per simulated client, as real users have: one shared
+httpx pool costs CPU per request in proportion to the requests in flight, see ``--client-cost``):
+127.0.0.1 only, fixed request counts, stops by itself.
 Every server runs in its own process on a free port and is always stopped.
 
 1. **Throughput**: MiniLM-L6 text (the packaged all-MiniLM-L6-v2), 8 texts per request, 1/8/32/64
@@ -249,7 +251,7 @@ async def open_loop(url: str, bodies: list[dict], rate: float, desc: str, shared
 
     A probe also asks ``GET /health/live`` every 200 ms meanwhile: how long the server's event loop takes
     to answer a request that needs no work (what a 429 costs at least).  (Every 50 ms, it sent nearly as
-    many requests as were refused, and each costs the load generator ~1.8 ms and the server ~0.5 ms of CPU
+    many requests as were refused, and each costs the load generator ~2 ms and the server ~0.5 ms of CPU
     on the same 2 cores: load the 32-client baseline does not carry.)
 
     Also the CPU seconds the load generator spent (``client_cpu_s``)."""
