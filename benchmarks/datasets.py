@@ -201,7 +201,7 @@ def run_mode(mode: str, h, args, modality: str, encoder: str, column: str, items
     else:
         s = embed_dataset(path, out, encoder=encoder, column=column, hub=h, engine=mode, workers=args.workers,
                           batch_size=args.batch_size, model_batch_size=args.model_batch_size, runtime=args.runtime,
-                          lance=False, progress=False, resume=False)
+                          lance=args.lance, progress=False, resume=False)
         assert s.complete and s.errors == 0, s
         rec["items_per_s"] = s.rows_written / s.seconds
         rec["seconds"] = round(s.seconds, 2)
@@ -238,6 +238,9 @@ def main() -> None:
                     help="PyTorch intra-op threads of this process (plain loop, local engine, RSS runs); 0: PyTorch's "
                          "default. On a shared machine 1 avoids waits for descheduled OpenMP threads (Ray actors "
                          "always run 1 per CPU they hold)")
+    ap.add_argument("--lance", action="store_true",
+                    help="the engines also write DEST/lance (embed_dataset's default when pylance is installed); off by "
+                         "default: the plain loop writes nothing, and the Lance copy is a separate, optional output")
     ap.add_argument("--no-ray", action="store_true", help="same as --modes without ray")
     ap.add_argument("--no-rss", action="store_true")
     ap.add_argument("--json", type=Path, default=Path("benchmarks/results/datasets.json"))
