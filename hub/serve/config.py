@@ -41,7 +41,7 @@ class ServeConfig(BaseModel):
                                 "time a full queue took before the overload: when refusals or other load slow the "
                                 "batches down, admitted requests keep their latency (fewer are admitted); off: the "
                                 "item bound alone")
-    overload_target: float = Field(0.8, gt=0, le=1, description="with overload_wait, the admitted wait while "
+    overload_target: float = Field(1.0, gt=0, le=1, description="with overload_wait, the admitted wait while "
                                    "overloaded as a fraction of the time a full queue took before the overload (1.0: "
                                    "that time; lower: shorter waits for accepted requests, more 429s, smaller batches)")
     overload_window_s: float = Field(1.0, gt=0, description="how long after a refusal the server counts as overloaded")
