@@ -18,7 +18,7 @@ FIELDS = {
     "max-audio-seconds": "max_audio_seconds", "max-graph-nodes": "max_graph_nodes",
     "max-graph-edges": "max_graph_edges", "max-points": "max_points", "max-batch-cost": "max_batch_cost",
     "max-batch-items": "max_batch_items", "max-wait-ms": "max_wait_ms", "max-queue-items": "max_queue_items",
-    "overload-wait": "overload_wait", "overload-window": "overload_window_s",
+    "overload-wait": "overload_wait", "overload-window": "overload_window_s", "overload-target": "overload_target",
     "prepare-threads": "prepare_threads", "batch-threads": "batch_threads", "batch-nice": "batch_nice",
     "heartbeat-timeout": "heartbeat_timeout_s",
     "drain-timeout": "drain_timeout_s",
