@@ -374,3 +374,29 @@ def test_ray_poison_row_becomes_an_error_row(ray_session, tmp_path, hub, monkeyp
         if i != 5:
             assert rows[f"p{i}"]["error"] is None
             np.testing.assert_allclose(np.asarray(rows[f"p{i}"]["embedding"], np.float32), ref[i], atol=1e-5)
+
+
+def test_prefetched_keeps_order_raises_in_order_and_closes_early():
+    from hub.datasets._sources import prefetched
+
+    def source(fail_at=None, log=None):
+        try:
+            for i in range(5):
+                if i == fail_at:
+                    raise ValueError(f"bad batch {i}")
+                yield i
+        finally:
+            if log is not None:
+                log.append("closed")
+
+    assert list(prefetched(source())) == [0, 1, 2, 3, 4]
+    got = []
+    with pytest.raises(ValueError, match="bad batch 3"):
+        for x in prefetched(source(fail_at=3)):
+            got.append(x)
+    assert got == [0, 1, 2]  # the items before the failure all arrive first
+    log: list[str] = []
+    it = prefetched(source(log=log))
+    assert next(it) == 0
+    it.close()  # the consumer stops early: the source is closed, not left suspended
+    assert log == ["closed"]

@@ -13,8 +13,7 @@ from __future__ import annotations
 import glob as globlib
 import json
 import os
-import queue
-import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
@@ -264,47 +263,20 @@ class FileSource(Source):
 _END = object()
 
 
-def prefetched(iterator: Iterator[Any], depth: int = 1) -> Iterator[Any]:
-    """``iterator``'s items, produced up to ``depth`` ahead by a background thread (its exceptions are raised
-    here, in order); closing this generator early stops the thread."""
-    box: queue.Queue = queue.Queue(maxsize=depth)
-    stop = threading.Event()
-
-    def put(entry: tuple[Any, BaseException | None]) -> bool:
-        while not stop.is_set():
-            try:
-                box.put(entry, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def work() -> None:
+def prefetched(iterator: Iterator[Any]) -> Iterator[Any]:
+    """``iterator``'s items, each produced one ahead by a background thread while the caller works on the one
+    before (its exceptions are raised here, in order); closing this generator early closes ``iterator``."""
+    with ThreadPoolExecutor(1, thread_name_prefix="embed-dataset-read") as pool:
         try:
-            for x in iterator:
-                if not put((x, None)):
-                    return
-            put((_END, None))
-        except BaseException as exc:  # noqa: BLE001 - handed to the consumer
-            put((_END, exc))
+            ahead = pool.submit(next, iterator, _END)
+            while (item := ahead.result()) is not _END:
+                ahead = pool.submit(next, iterator, _END)
+                yield item
         finally:
+            pool.shutdown(wait=True)  # the read in progress ends before ``iterator`` is closed, here
             close = getattr(iterator, "close", None)
             if close is not None:
                 close()
-
-    thread = threading.Thread(target=work, name="embed-dataset-read", daemon=True)
-    thread.start()
-    try:
-        while True:
-            x, exc = box.get()
-            if x is _END:
-                if exc is not None:
-                    raise exc
-                return
-            yield x
-    finally:
-        stop.set()
-        thread.join()
 
 
 def _glob_root(pattern: str) -> Path:
