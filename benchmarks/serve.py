@@ -41,6 +41,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import functools
 import gc
 import io
 import json
@@ -190,7 +191,12 @@ def infinity(python: str, model_dir: Path) -> Proc:
 # -- load ------------------------------------------------------------------------------------
 #: open-loop arrivals come from this many HTTP clients, round robin (see :func:`clients_for`)
 OPEN_LOOP_CLIENTS = 32
-_TLS: dict[str, ssl.SSLContext] = {}
+
+
+@functools.cache
+def _tls() -> ssl.SSLContext:
+    """One TLS context for every client (plain http here, but each client would load the CA bundle: ~25 ms of CPU)."""
+    return ssl.create_default_context()
 
 
 def clients_for(url: str, n: int, connections: int, shared: bool) -> list[httpx.AsyncClient]:
@@ -198,12 +204,9 @@ def clients_for(url: str, n: int, connections: int, shared: bool) -> list[httpx.
 
     One client per simulated user, as users are: httpcore's pool walks every connection and waiting request
     on each request start and end (``AsyncConnectionPool._assign_requests_to_connections``), so one client
-    shared by many in-flight requests costs O(in-flight) CPU per request (measured: ~0.8 ms with 1 in flight,
-    2.8 ms with 32, 7.1 ms with 64, 12.3 ms with 100; 0.9-1.2 ms with the same 64-100 spread over 8-10
-    clients) -- load on the 2 cores the server shares with the generator, and more per request under the
+    shared by many in-flight requests costs O(in-flight) CPU per request (``--client-cost``; docs/serving.md) -- load on the 2 cores the server shares with the generator, and more per request under the
     overload's open loop than at 32 clients.  The requests and their timing are the same either way."""
-    # one TLS context for all (plain http here, but each client would load the CA bundle: ~25 ms of CPU each)
-    tls = _TLS.setdefault("ctx", ssl.create_default_context())
+    tls = _tls()
     if shared:
         limits = httpx.Limits(max_connections=n * connections, max_keepalive_connections=n * connections)
         return [httpx.AsyncClient(base_url=url, limits=limits, timeout=120, verify=tls)]
@@ -391,30 +394,22 @@ def rss_drift(n: int) -> dict[str, Any]:
 
 
 _STUB_BODY = b'{"error": {"message": "at capacity", "type": "rate_limit_error", "code": "queue_full"}}'
-_STUB_429 = (b"HTTP/1.1 429 Too Many Requests\r\ncontent-type: application/json\r\nretry-after: 1\r\n"
-             b"content-length: %d\r\n\r\n%s" % (len(_STUB_BODY), _STUB_BODY))
+
+
+async def _stub_app(scope: dict, receive: Any, send: Any) -> None:
+    """An ASGI app answering every request with a fixed 429: the server side of ``--client-cost``."""
+    while (await receive()).get("more_body"):
+        pass
+    await send({"type": "http.response.start", "status": 429, "headers": [
+        (b"content-type", b"application/json"), (b"retry-after", b"1")]})
+    await send({"type": "http.response.body", "body": _STUB_BODY})
 
 
 def _stub_server(port: int) -> None:
-    """A minimal HTTP/1.1 server answering every request with a fixed 429 (keep-alive): load-generator cost only."""
-    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            while True:
-                head = await reader.readuntil(b"\r\n\r\n")
-                size = next((int(line.split(b":")[1]) for line in head.split(b"\r\n")
-                             if line.lower().startswith(b"content-length:")), 0)
-                if size:
-                    await reader.readexactly(size)
-                writer.write(_STUB_429)
-                await writer.drain()
-        except (asyncio.IncompleteReadError, ConnectionError):
-            writer.close()
+    """uvicorn serving :func:`_stub_app` (keep-alive), in its own process: load-generator cost only."""
+    import uvicorn
 
-    async def run() -> None:
-        server = await asyncio.start_server(handle, HOST, port)
-        await server.serve_forever()
-
-    asyncio.run(run())
+    uvicorn.run(_stub_app, host=HOST, port=port, lifespan="off", log_level="warning", access_log=False)
 
 
 def client_cost(quick: bool) -> dict[str, Any]:
