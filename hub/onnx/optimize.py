@@ -12,6 +12,9 @@ ONNX Runtime kernels): ONNX Runtime's CPU ``SkipLayerNormalization`` kernel (1.3
 5x slower than the two ops it replaces (3.2 ms vs 0.63 ms on a 32x50x384 input, one thread), which made
 the 12 of MiniLM-L6 about 10% of the fp32 graph's time and 15-18% of the int8 graph's.  ``fuse(...,
 skip_layer_norm=True)`` keeps them fused (on CUDA the fused kernel is the faster one).
+``Pad`` nodes whose pads are constant zeros (Swin's pad-to-a-window-multiple when the grid already
+is one: 12 in CLAP's HTSAT tower, each a full copy of its input) are removed by an onnxscript rewrite
+rule (:data:`NO_OP_PAD`); ONNX Runtime keeps them.
 Encoders without transformer blocks (graphs, point clouds, convolutions) come out with constant
 folding and nothing fused; the parity check then runs on the rewritten graph as on any other.
 """
@@ -24,10 +27,32 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
-__all__ = ["fuse", "fused_ops", "split_skip_layer_norm", "CONTRIB_DOMAIN"]
+__all__ = ["fuse", "fused_ops", "split_skip_layer_norm", "NO_OP_PAD", "CONTRIB_DOMAIN"]
 
 #: ONNX Runtime's contrib-op domain: the fused kernels live there
 CONTRIB_DOMAIN = "com.microsoft"
+
+
+def _no_op_pad_rule() -> Any:
+    """onnxscript rewrite rule: ``Pad(x, pads, ...)`` with constant all-zero ``pads`` → ``x``."""
+    import onnx_ir as ir
+    from onnxscript.rewriter.pattern import RewriteRule
+
+    def target(op: Any, x: Any, pads: Any) -> Any:
+        return op.Pad(x, pads, _allow_other_inputs=True, _allow_other_attributes=True)
+
+    def zero_pads(context: Any, x: Any, pads: Any, **_: Any) -> bool:
+        tensor = ir.convenience.get_const_tensor(pads)
+        return tensor is not None and not tensor.numpy().any()
+
+    def replacement(op: Any, x: Any, **_: Any) -> Any:
+        return op.Identity(x)
+
+    return RewriteRule(target, replacement, zero_pads, name="NoOpPad")
+
+
+#: built on first use (onnxscript imports lazily)
+NO_OP_PAD: Any = None
 
 
 @contextmanager
@@ -105,12 +130,18 @@ def fuse(src: str | Path, dst: str | Path | None = None, *, skip_layer_norm: boo
     Metadata and doc strings are cleared (the exporter's stack traces name local source paths).
     Raises what the rewriter raises; :func:`hub.onnx.export.export` keeps the unfused graph then.
     """
+    global NO_OP_PAD
     import onnx_ir as ir
+    from onnx_ir.passes.common import IdentityEliminationPass
+    from onnxscript.rewriter import rewrite
     from onnxscript.rewriter.ort_fusions import optimize_for_ort
 
     with _quiet():
         model = ir.load(str(src))
         model, _ = optimize_for_ort(model, clear_metadata=True)
+        NO_OP_PAD = NO_OP_PAD or _no_op_pad_rule()
+        model = rewrite(model, [NO_OP_PAD])
+        IdentityEliminationPass()(model)
         if not skip_layer_norm:
             split_skip_layer_norm(model)
         ir.save(model, str(dst or src))
