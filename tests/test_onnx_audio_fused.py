@@ -3,7 +3,8 @@
 ``ClapAudioEncoder`` applies reshape_mel2img's bicubic time stretch as a fixed matrix (torch's
 interpolate of the identity) before the tower, so the export holds a MatMul instead of ONNX
 Runtime's single-threaded cubic ``Resize``; ``hub.onnx.optimize.fuse`` drops ``Pad`` nodes whose pads
-are constant zeros.  Both must leave the outputs as they were.
+are constant zeros.  Both must leave the outputs as they were.  ``ClapAudioProcessor`` computes the
+extractor's log-mel with torchaudio's STFT in float64: the same values as ``ClapFeatureExtractor``.
 """
 
 from __future__ import annotations
@@ -41,6 +42,28 @@ def test_clap_stretch_matches_the_towers_interpolate(hub: Hub) -> None:
     assert float((torch.matmul(enc._stretch, x) - stretched).abs().max()) < 1e-4 * float(x.abs().max())
     assert float((out.tokens[out.mask] - own[tensors["gather"][tensors["token_mask"]]]).abs().max()) < 1e-5
     assert "_stretch" not in enc.state_dict()  # not a weight: not saved, not hashed
+
+
+@pytest.mark.parametrize("htsat", [False, True])
+def test_clap_log_mel_matches_the_feature_extractor(hub: Hub, htsat: bool) -> None:
+    proc = hub.registry.create_processor("tiny-clap", htsat=htsat)
+    fe, n = proc.feature_extractor, proc.window_samples
+    rng = np.random.default_rng(1)
+    t = np.arange(n) / fe.sampling_rate
+    windows = [
+        rng.standard_normal(n).astype(np.float32),  # a full window
+        (0.5 * np.sin(2 * np.pi * 440 * t[: n // 3])).astype(np.float32),  # tiled 3 times
+        np.zeros(n - 7, np.float32),  # silence: the -100 dB floor
+        np.full(1, 0.1, np.float32),  # one sample
+        (1e-4 * rng.standard_normal(n // 2 + 3)).astype(np.float32),  # quiet, tiled once and zero-padded
+        np.concatenate([np.zeros(n // 2), 0.9 * np.sin(2 * np.pi * 3000 * t[: n // 2])]).astype(np.float32),  # 120 dB range
+    ]
+    feats, tokens = proc._prepare_windows(windows)
+    proc.fast_log_mel = False
+    ref, ref_tokens = proc._prepare_windows(windows)
+    assert tokens == ref_tokens and all(a.shape == b.shape and a.dtype == b.dtype for a, b in zip(feats, ref))
+    diff = max(float(np.abs(a - b).max()) for a, b in zip(feats, ref))
+    assert diff < 1e-4, diff  # dB; float32 rounding of values up to 100 is 7.6e-6
 
 
 def test_fuse_drops_zero_pads_only(tmp_path) -> None:

@@ -611,6 +611,8 @@ class ClapAudioProcessor(AudioProcessor):
         super().__init__(feature_extractor, config)
         self.sampling_rate = int(feature_extractor.sampling_rate)
         self.window_samples = int(feature_extractor.nb_max_samples)
+        self.fast_log_mel = True  # False: the extractor's own numpy path (the same values, 2.6x slower)
+        self._spectrogram: Any = None
         side = config.spec_size // 2 ** (len(config.depths) - 1)
         stride = config.patch_stride if isinstance(config.patch_stride, (list, tuple)) else (config.patch_stride,) * 2
         self.frames = int((side // stride[0]) * (side // stride[1]))
@@ -634,9 +636,42 @@ class ClapAudioProcessor(AudioProcessor):
         return cls(fe, _config(ClapAudioConfig, weights, allow_download, "CLAP audio config"))
 
     def _prepare_windows(self, windows: list[np.ndarray]) -> tuple[list[Any], list[int]]:
-        out = self.feature_extractor(windows, sampling_rate=self.sampling_rate, truncation="rand_trunc", return_tensors="np")
-        feats = np.asarray(out["input_features"], dtype=np.float32)  # (windows, channels, frames, mels)
+        fe = self.feature_extractor
+        if self.fast_log_mel and fe.padding == "repeatpad" and all(len(w) <= self.window_samples for w in windows):
+            feats = self._log_mel(windows)
+        else:
+            out = fe(windows, sampling_rate=self.sampling_rate, truncation="rand_trunc", return_tensors="np")
+            feats = np.asarray(out["input_features"], dtype=np.float32)  # (windows, channels, frames, mels)
         return list(feats), [self.frames] * len(windows)
+
+    def _log_mel(self, windows: list[np.ndarray]) -> np.ndarray:
+        """``ClapFeatureExtractor``'s log-mel of windows of at most ``max_length_s`` (``truncation="rand_trunc"``,
+        ``padding="repeatpad"``): (windows, 1, frames, mels) float32.
+
+        The extractor's steps (transformers' numpy ``spectrogram``: periodic Hann window, centred with
+        reflect padding, power 2, its own Slaney filter bank, floor 1e-10, dB) with the STFT of
+        ``torchaudio.transforms.Spectrogram`` in float64 instead of a Python loop of one ``np.fft.rfft`` per
+        frame: 14 ms instead of 37 ms per 10 s window at 48 kHz (2 threads).  The window is float64 too: a
+        float32 one leaks its rounding into bins 120 dB below a peak (0.03 dB off there).  The result is the
+        extractor's to float32 rounding (tests/test_onnx_audio_fused.py).
+        """
+        import torchaudio
+
+        fe, n = self.feature_extractor, self.window_samples
+        if self._spectrogram is None:
+            self._spectrogram = torchaudio.transforms.Spectrogram(
+                n_fft=int(fe.fft_window_size), hop_length=int(fe.hop_length), window_fn=torch.hann_window,
+                wkwargs={"dtype": torch.float64}, power=None, center=True, pad_mode="reflect")
+            self._mel_filters = torch.from_numpy(np.asarray(fe.mel_filters_slaney, dtype=np.float64).T.copy())  # (mels, freqs)
+        waves = torch.zeros(len(windows), n, dtype=torch.float64)
+        for row, w in zip(waves, windows):  # repeatpad: whole repeats of the clip, then zeros (as the extractor pads)
+            w = torch.from_numpy(np.asarray(w, dtype=np.float64))
+            row[: n // len(w) * len(w)] = w.repeat(n // len(w))
+        with torch.no_grad():
+            power = self._spectrogram(waves).abs().square()  # (windows, freqs, frames)
+            mel = torch.matmul(self._mel_filters, power)  # (windows, mels, frames)
+            db = torchaudio.functional.amplitude_to_DB(mel, multiplier=10.0, amin=1e-10, db_multiplier=0.0)
+        return db.transpose(1, 2).float().unsqueeze(1).numpy()
 
     def _collate_windows(self, windows: list[np.ndarray]) -> tuple[dict[str, torch.Tensor], int]:
         return {"input_features": torch.from_numpy(np.stack(windows))}, self.frames
