@@ -14,26 +14,28 @@ the 12 of MiniLM-L6 about 10% of the fp32 graph's time and 15-18% of the int8 gr
 skip_layer_norm=True)`` keeps them fused (on CUDA the fused kernel is the faster one).
 ``Pad`` nodes whose pads are constant zeros (Swin's pad-to-a-window-multiple when the grid already
 is one: 12 in CLAP's HTSAT tower, each a full copy of its input) are removed by an onnxscript rewrite
-rule (:data:`NO_OP_PAD`); ONNX Runtime keeps them.
+rule (:func:`no_op_pad_rule`); ONNX Runtime keeps them.
 Encoders without transformer blocks (graphs, point clouds, convolutions) come out with constant
 folding and nothing fused; the parity check then runs on the rewritten graph as on any other.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections import Counter
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
-__all__ = ["fuse", "fused_ops", "split_skip_layer_norm", "NO_OP_PAD", "CONTRIB_DOMAIN"]
+__all__ = ["fuse", "fused_ops", "split_skip_layer_norm", "no_op_pad_rule", "CONTRIB_DOMAIN"]
 
 #: ONNX Runtime's contrib-op domain: the fused kernels live there
 CONTRIB_DOMAIN = "com.microsoft"
 
 
-def _no_op_pad_rule() -> Any:
+@functools.cache  # built once, on first use (onnxscript imports lazily)
+def no_op_pad_rule() -> Any:
     """onnxscript rewrite rule: ``Pad(x, pads, ...)`` with constant all-zero ``pads`` → ``x``."""
     import onnx_ir as ir
     from onnxscript.rewriter.pattern import RewriteRule
@@ -49,10 +51,6 @@ def _no_op_pad_rule() -> Any:
         return op.Identity(x)
 
     return RewriteRule(target, replacement, zero_pads, name="NoOpPad")
-
-
-#: built on first use (onnxscript imports lazily)
-NO_OP_PAD: Any = None
 
 
 @contextmanager
@@ -130,7 +128,6 @@ def fuse(src: str | Path, dst: str | Path | None = None, *, skip_layer_norm: boo
     Metadata and doc strings are cleared (the exporter's stack traces name local source paths).
     Raises what the rewriter raises; :func:`hub.onnx.export.export` keeps the unfused graph then.
     """
-    global NO_OP_PAD
     import onnx_ir as ir
     from onnx_ir.passes.common import IdentityEliminationPass
     from onnxscript.rewriter import rewrite
@@ -139,8 +136,7 @@ def fuse(src: str | Path, dst: str | Path | None = None, *, skip_layer_norm: boo
     with _quiet():
         model = ir.load(str(src))
         model, _ = optimize_for_ort(model, clear_metadata=True)
-        NO_OP_PAD = NO_OP_PAD or _no_op_pad_rule()
-        model = rewrite(model, [NO_OP_PAD])
+        model = rewrite(model, [no_op_pad_rule()])
         IdentityEliminationPass()(model)
         if not skip_layer_norm:
             split_skip_layer_norm(model)

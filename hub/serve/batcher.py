@@ -177,7 +177,7 @@ class Batcher:
     def limit(self) -> int:
         """Items admitted at most now: ``max_queue_items``; while requests are being refused (overload, see
         ``ServeConfig.overload_wait``), what the batches, at the rate measured now, embed in ``overload_target``
-        (default 1.0) of the time a full queue took before the overload (``max_queue_items / rate before``): fewer
+        (default 0.8) of the time a full queue took before the overload (``max_queue_items / rate before``): fewer
         when batches run slower, so admitted requests keep their wait."""
         cap = self.cfg.max_queue_items
         if not self.cfg.overload_wait or time.monotonic() - self._refused_at > self.cfg.overload_window_s:
