@@ -159,6 +159,42 @@ def test_parquet_and_csv_sources(fmt, tmp_path, hub):
     assert metadata_of(t.schema)["normalisation"] == "l2"
 
 
+def test_binary_items_are_views_of_arrow_buffers():
+    from hub.datasets._sources import _items
+
+    values = [b"\x89PNG..", None, b"", b"xyz", b"last one"]
+    for kind in (pa.binary(), pa.large_binary()):
+        col = pa.array(values, kind)
+        for arr, want in ((col, values), (col.slice(2), values[2:]), (col.slice(1, 3), values[1:4])):
+            got = _items(arr)
+            assert [None if g is None else bytes(g) for g in got] == want
+            assert all(isinstance(g, memoryview) for g, w in zip(got, want) if w is not None)
+    assert _items(pa.array(["a", None])) == ["a", None]  # other types: Python objects, as before
+
+
+def test_binary_column_matches_hub_embed(mixed, tmp_path, hub):
+    """A Parquet binary column (files' bytes, handed to the encoders as views): the vectors equal Hub.embed on
+    the same bytes, bad bytes become error rows named as bytes, and dedupe="first" keeps the right row."""
+    root, files = mixed["root"] / "files", mixed["files"]
+    blobs = {f"{m}-{i}": (root / n).read_bytes() for m in ("image", "audio") for i, n in enumerate(files[m])}
+    ids = list(blobs) + ["bad-png", "empty", "null", "image-0"]
+    items = list(blobs.values()) + [b"\x89PNG\r\n\x1a\n broken", b"", None, b"not the first image-0"]
+    pq.write_table(pa.table({"id": ids, "blob": pa.array(items, pa.binary()),
+                             "modality": ["image"] * 3 + ["audio"] * 2 + ["image"] * 4}),
+                   tmp_path / "b.parquet", row_group_size=3)
+    s = embed_dataset(tmp_path / "b.parquet", tmp_path / "out", encoder=ROUTES[1:3], column="blob", batch_size=2,
+                      dedupe="first", hub=hub, progress=False)
+    vecs, errs = _vectors(tmp_path / "out")
+    assert set(errs) == {"bad-png", "empty", "null"} and s.duplicates_dropped == 1
+    assert "(bytes of length 15)" in errs["bad-png"] and "empty" in errs["empty"]
+    assert set(vecs) == set(blobs)
+    for mod in ("image", "audio"):
+        keys = [k for k in blobs if k.startswith(mod)]
+        want = hub.embed([blobs[k] for k in keys], modality=mod, encoder=ENCODER[mod]).pooled().numpy()
+        for k, w in zip(keys, want):
+            np.testing.assert_allclose(vecs[k], w, atol=1e-5, err_msg=k)
+
+
 def test_duplicate_ids_refused_or_first_kept(tmp_path, hub):
     src = tmp_path / "d.jsonl"
     rows = [("a", "first a"), ("b", "b"), ("a", "second a"), ("c", "c"), ("c", "again c"), ("a", "third a")]

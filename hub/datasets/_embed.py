@@ -108,10 +108,8 @@ class BatchEmbedder:
         return self.hub.detect(item)
 
     def _resolve(self, item: Any, mod: str, base: str | None) -> Any:
-        if isinstance(item, bytes):
+        if isinstance(item, (bytes, memoryview)):  # (every plugin reads a memoryview as it reads bytes)
             return item
-        if isinstance(item, memoryview):
-            return bytes(item)
         if isinstance(item, Path):
             return item if item.is_absolute() or not base else Path(base) / item
         if isinstance(item, str) and item and len(item) < 4096 and "\n" not in item:
@@ -134,7 +132,7 @@ class BatchEmbedder:
         for i in range(n):
             item, given = rows.items[i], rows.modalities[i]
             try:
-                empty = item is None or (isinstance(item, (str, bytes)) and not item)
+                empty = item is None or (isinstance(item, (str, bytes, memoryview)) and not item)
                 mods[i] = mod = only if only is not None and given is None else \
                     self._modality("" if item is None else item, given)
                 if mod not in self.config.routes:
