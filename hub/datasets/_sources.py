@@ -74,9 +74,10 @@ def _ids(column: Any, values: list[Any], path: Path) -> list[str]:
 
 
 def _items(column: Any) -> list[Any]:
-    """An item column's values. Binary values are memoryviews of Arrow's buffer, not copies: fresh ``bytes``
-    for every row of every batch made the model thread 3-11% slower on small images (glibc returns the
-    freed heap to the OS after each batch, and the next batch faults it in again; docs/datasets.md, run H)."""
+    """An item column's values. Binary values are memoryviews of Arrow's buffer, not copies: a fresh ``bytes``
+    for every row of every batch is memory that glibc returns to the OS after each batch and the next batch
+    faults in again (on small images, about 60% of the local engine's page faults; docs/datasets.md, runs G
+    and H)."""
     import numpy as np
     import pyarrow as pa
 
