@@ -217,8 +217,9 @@ class Hub:
 
     # -- detection -----------------------------------------------------------
     def detect(self, item: Any) -> str:
-        """The modality of ``item``: files by suffix, other items by each modality's ``detect``."""
-        return detect_modality(self.registry, item)
+        """The modality of ``item``: files by suffix, other items by each modality's ``detect``
+        (a memoryview as the bytes it views)."""
+        return detect_modality(self.registry, bytes(item) if isinstance(item, memoryview) else item)
 
     @staticmethod
     def _check_file(path: Path, item: Any) -> None:
@@ -330,7 +331,10 @@ class Hub:
         prepared: dict[int, Any] = {}
         for i in alive if call is None else call.serve_raw({i: batch[i] for i in alive}):
             try:
-                prepared[i] = enc.prepare(batch[i], i)
+                # a memoryview (e.g. of a dataset's Arrow buffer) reaches the plugin as the bytes it expects,
+                # copied one item at a time, so the copy is freed as soon as that item is prepared
+                item = bytes(batch[i]) if isinstance(batch[i], memoryview) else batch[i]
+                prepared[i] = enc.prepare(item, i)
             except HubError as exc:
                 fail(i, exc)
             except Exception as exc:  # noqa: BLE001 - a plugin bug still names the item

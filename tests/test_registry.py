@@ -72,6 +72,50 @@ def test_in_process_plugin_registers_and_unregisters():
     assert reg.list_modalities() == [] and reg.plugins() == []
 
 
+class BytesEncoder(ConstEncoder):
+    """A plugin that reads bytes only, as a third-party one may: an item of n bytes → n tokens."""
+
+    def prepare(self, item, index=0):
+        if not isinstance(item, bytes) or not item:
+            raise self.invalid(index, item, "expected non-empty bytes")
+        return len(item)
+
+
+def test_a_memoryview_reaches_the_plugin_as_bytes(tmp_path):
+    """Views (the dataset engine hands a binary column's values over as views of Arrow's buffer) reach detect and
+    prepare as bytes, so a plugin written for bytes works unchanged, in Hub.embed and in embed_dataset."""
+    pa = pytest.importorskip("pyarrow")
+    pq = pytest.importorskip("pyarrow.parquet")
+    from hub.datasets import embed_dataset, load
+
+    mod = types.ModuleType("plugin")
+
+    @hookimpl
+    def register_modalities(register):
+        register(Modality(name="blob", accepts=("bytes",), default_encoder="blob-len",
+                          detect=lambda x: isinstance(x, bytes) and x[:2] == b"BL"))
+
+    @hookimpl
+    def register_encoders(register):
+        register(EncoderSpec(name="blob-len", modality="blob", factory=BytesEncoder))
+
+    mod.register_modalities, mod.register_encoders = register_modalities, register_encoders
+    reg = Registry(load_entry_points=False)
+    with registered_plugin(mod, name="blob", registry=reg):
+        h = Hub(reg)
+        data = memoryview(b"xxBLabcBLa")
+        assert h.detect(data[2:7]) == "blob"
+        assert h.embed([data[2:7], data[7:]]).lengths.tolist() == [5, 3]
+        pq.write_table(pa.table({"id": ["a", "b", "c"], "item": pa.array([b"BLabcd", b"BL", None], pa.binary())}),
+                       tmp_path / "b.parquet")
+        s = embed_dataset(tmp_path / "b.parquet", tmp_path / "out", encoder="blob-len", hub=h, progress=False,
+                          lance=False)
+        (t,) = load(tmp_path / "out").values()
+        rows = {r["id"]: r for r in t.to_pylist()}
+        assert s.errors == 1 and rows["c"]["error"] is not None
+        assert rows["a"]["embedding"] == [6.0, 6.0] and rows["b"]["embedding"] == [2.0, 2.0]
+
+
 def test_duplicate_names_name_both_distributions():
     reg = Registry(load_entry_points=False)
     reg.register_plugin(fake_plugin(), name="first", distribution="dist-one", version="1.0")

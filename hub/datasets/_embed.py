@@ -108,7 +108,7 @@ class BatchEmbedder:
         return self.hub.detect(item)
 
     def _resolve(self, item: Any, mod: str, base: str | None) -> Any:
-        if isinstance(item, (bytes, memoryview)):  # (every plugin reads a memoryview as it reads bytes)
+        if isinstance(item, (bytes, memoryview)):  # (Hub.embed hands a view to the plugin as bytes, item by item)
             return item
         if isinstance(item, Path):
             return item if item.is_absolute() or not base else Path(base) / item
