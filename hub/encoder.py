@@ -132,9 +132,9 @@ def describe_item(item: Any, limit: int = 40) -> str:
         return f"str {text!r}"
     if isinstance(item, os.PathLike):
         return f"path {os.fspath(item)!r}"
-    if isinstance(item, (bytes, bytearray, memoryview)):
-        if isinstance(item, memoryview):  # (a view of bytes, e.g. a dataset's binary column)
-            return f"bytes of length {item.nbytes}"
+    if isinstance(item, memoryview):  # (a view of bytes, e.g. a dataset's binary column)
+        return f"bytes of length {item.nbytes}"
+    if isinstance(item, (bytes, bytearray)):
         return f"{type(item).__name__} of length {len(item)}"
     shape = getattr(item, "shape", None)
     if shape is not None and not callable(shape):

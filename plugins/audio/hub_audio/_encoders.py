@@ -612,7 +612,8 @@ class ClapAudioProcessor(AudioProcessor):
         self.sampling_rate = int(feature_extractor.sampling_rate)
         self.window_samples = int(feature_extractor.nb_max_samples)
         self.fast_log_mel = True  # False: the extractor's own numpy path (the same values, ~2.5x slower)
-        self._spectrogram: Any = None
+        self._spectrogram: Any = None  # with _mel_filters: built on first use (importing torchaudio)
+        self._mel_filters: torch.Tensor | None = None
         side = config.spec_size // 2 ** (len(config.depths) - 1)
         stride = config.patch_stride if isinstance(config.patch_stride, (list, tuple)) else (config.patch_stride,) * 2
         self.frames = int((side // stride[0]) * (side // stride[1]))
